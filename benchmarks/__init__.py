@@ -1,0 +1,1 @@
+"""Benchmarks of compiled steps."""

@@ -1,0 +1,1 @@
+"""Thin trainers and experiment configs."""
