@@ -25,3 +25,17 @@ def data_root() -> pathlib.Path:
 def local_dataset_dir(name: str) -> pathlib.Path:
   """Returns ``data_root() / name`` (it may not exist)."""
   return data_root() / name
+
+
+TFDS_ENV_VAR = "JAXVISION_TFDS_DIR"
+
+
+def tfds_dir() -> pathlib.Path:
+  """Where our local-data TFDS builders write prepared records.
+
+  ``$JAXVISION_TFDS_DIR`` when set, else ``~/.cache/jaxvision/tensorflow_datasets``.
+  """
+  env = os.environ.get(TFDS_ENV_VAR)
+  if env:
+    return pathlib.Path(env).expanduser().resolve()
+  return pathlib.Path("~/.cache/jaxvision/tensorflow_datasets").expanduser()
