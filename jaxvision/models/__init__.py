@@ -1,1 +1,21 @@
-"""jaxvision.models."""
+"""Flax Linen models. Classifiers return ``(logits, intermediates)``; see ``models.cnn``."""
+
+from jaxvision.models.cnn import LeNet5, ResNet, ResNet18, ResNet34, ResNet50, SimpleCNN, VGG, VGG11, VGG16
+
+# Names usable in configs (``config.model.name``).
+MODELS = {
+    "SimpleCNN": SimpleCNN,
+    "LeNet5": LeNet5,
+    "VGG11": VGG11,
+    "VGG16": VGG16,
+    "ResNet18": ResNet18,
+    "ResNet34": ResNet34,
+    "ResNet50": ResNet50,
+}
+
+
+def create_model(name: str, **kwargs):
+  """Returns ``MODELS[name](**kwargs)``; unknown names raise a ValueError listing known ones."""
+  if name not in MODELS:
+    raise ValueError(f"unknown model {name!r}; known models: {sorted(MODELS)}")
+  return MODELS[name](**kwargs)

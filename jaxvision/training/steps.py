@@ -1,0 +1,95 @@
+"""Train, eval and predict steps for classifiers, and their compilation over a mesh.
+
+The steps are pure functions of ``(state, batch)``; ``compile_steps`` jits them with the batch
+sharded over the mesh's ``'data'`` axis, the state replicated and donated.
+
+Batch format: ``{'image': float [B, H, W, C], 'label': int32 [B]}`` plus, for evaluation,
+``'mask': bool [B]`` marking real (not padding) examples.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxvision import losses
+from jaxvision.metrics import classification as cls_metrics
+from jaxvision.training.sharding import batch_sharding, replicated
+
+
+def _variables(state, params=None):
+  variables = {"params": state.params if params is None else params}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+  return variables
+
+
+def make_train_step(*, label_smoothing: float = 0.0):
+  """Returns ``train_step(state, batch) -> (state, metrics)``.
+
+  Dropout draws from ``fold_in(state.rng, state.step)``. Metrics (scalars, batch means):
+  ``loss`` (the optimized, label-smoothed cross-entropy), ``accuracy``, ``grad_norm``.
+  """
+
+  def train_step(state, batch):
+    step_rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+      (logits, _), updates = state.apply_fn(
+          _variables(state, params), batch["image"], train=True,
+          rngs={"dropout": step_rng}, mutable=["batch_stats"])
+      loss, _ = losses.softmax_cross_entropy(logits, batch["label"],
+                                             label_smoothing=label_smoothing)
+      return loss, (logits, updates)
+
+    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    new_state = state.apply_gradients(
+        grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
+    metrics = {
+        "loss": loss,
+        "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+        "grad_norm": optax.global_norm(grads),
+    }
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(num_classes: int):
+  """Returns ``eval_step(state, batch) -> sums`` over the valid examples of the batch.
+
+  ``sums``: ``loss_sum`` (unsmoothed cross-entropy), ``count`` and ``confusion_matrix``
+  ``[K, K]``; padded examples (``mask == False``) contribute nothing.
+  """
+
+  def eval_step(state, batch):
+    logits, _ = state.apply_fn(_variables(state), batch["image"], train=False)
+    mask = batch["mask"]
+    _, per_example = losses.softmax_cross_entropy(logits, batch["label"], mask=mask)
+    return {
+        "loss_sum": per_example.sum(),
+        "count": mask.sum().astype(jnp.int32),
+        "confusion_matrix": cls_metrics.confusion_matrix(
+            batch["label"], jnp.argmax(logits, -1), num_classes, mask),
+    }
+
+  return eval_step
+
+
+def predict_step(state, images):
+  """Class probabilities ``[B, K]`` float32 for ``images [B, H, W, C]``."""
+  logits, _ = state.apply_fn(_variables(state), images, train=False)
+  return jax.nn.softmax(logits, axis=-1)
+
+
+def jit_train_step(train_step, mesh):
+  """``jax.jit`` of ``train_step`` over ``mesh``: batch sharded, state replicated and donated."""
+  return jax.jit(train_step, in_shardings=(replicated(mesh), batch_sharding(mesh)),
+                 out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,))
+
+
+def jit_eval_step(eval_step, mesh):
+  """``jax.jit`` of an eval/predict step over ``mesh`` (nothing donated)."""
+  return jax.jit(eval_step, in_shardings=(replicated(mesh), batch_sharding(mesh)),
+                 out_shardings=replicated(mesh))

@@ -1,0 +1,317 @@
+"""Image-classification trainer: ``train_and_evaluate``, ``evaluate`` and ``predict``.
+
+Workdir layout::
+
+    <workdir>/checkpoints/<step>/   Orbax steps (latest N + best by eval accuracy)
+    <workdir>/metrics.jsonl         one JSON record per log or eval
+    <workdir>/tensorboard/          TensorBoard event files
+    <workdir>/results.json          config, steps, timings and the final evaluation
+    <workdir>/plots/curves.png      loss and accuracy over steps
+    <workdir>/plots/confusion_matrix.png
+
+Running the same command with the same workdir resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tqdm
+from absl import logging
+
+from jaxvision import models
+from jaxvision.data import images as image_io
+from jaxvision.data import pipeline
+from jaxvision.metrics import classification as cls_metrics
+from jaxvision.training import checkpoint as ckpt_lib
+from jaxvision.training import optim, reporting, sharding, state as state_lib, steps as steps_lib
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+class DivergenceError(FloatingPointError):
+  """The training loss became NaN or infinite."""
+
+
+def _dtype(config):
+  name = config.get("dtype", "float32")
+  if name not in DTYPES:
+    raise ValueError(f"config.dtype must be one of {sorted(DTYPES)}; found {name!r}")
+  return DTYPES[name]
+
+
+def create_model(config, num_classes: int):
+  """Builds ``config.model`` (``name`` plus constructor keywords) for ``num_classes``."""
+  kwargs = {k: v for k, v in config.model.items() if k != "name"}
+  return models.create_model(config.model.name, num_classes=num_classes, dtype=_dtype(config),
+                             **kwargs)
+
+
+def _meta(config, info: pipeline.DatasetInfo, input_shape) -> dict:
+  return {
+      "model": config.model.name,
+      "model_config": config.model.to_dict(),
+      "num_classes": info.num_classes,
+      "class_names": list(info.class_names),
+      "input_shape": [int(d) for d in input_shape],
+      "dataset": info.name,
+      "dataset_image_shape": [int(d) for d in info.image_shape],
+      "pp_eval": config.pp_eval,
+  }
+
+
+def _check_input_shape(config, input_shape):
+  expected = config.get("input_shape")
+  if expected and tuple(expected) != tuple(input_shape):
+    raise ValueError(
+        f"the model is configured for images of shape {tuple(expected)} (config.input_shape) but "
+        f"the input pipeline produces {tuple(input_shape)}; fix config.pp_train/pp_eval or "
+        f"config.input_shape")
+
+
+def total_train_steps(config, info, split) -> int:
+  if config.get("num_train_steps", -1) > 0:
+    return int(config.num_train_steps)
+  return int(config.num_epochs * pipeline.steps_per_epoch(info, split, config.batch_size))
+
+
+def evaluate_split(state, eval_step, *, builder, info, split, config, mesh) -> dict:
+  """Evaluates every example of ``split`` exactly once; returns the ``eval`` results dict."""
+  sharding.check_batch_size(config.eval_batch_size, mesh, "eval_batch_size")
+  batches = pipeline.make_eval_iterator(builder, info, split=split,
+                                        global_batch_size=config.eval_batch_size,
+                                        pp=config.pp_eval)
+  totals = None
+  for batch in batches:
+    out = eval_step(state, sharding.shard_batch(batch, mesh))
+    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+  totals = jax.device_get(totals)
+  count = int(totals["count"])
+  expected = info.num_examples.get(split)
+  if expected is not None and count != expected:
+    raise RuntimeError(f"evaluation of split {split!r} counted {count} examples; "
+                       f"the split has {expected}")
+  report = cls_metrics.classification_report(totals["confusion_matrix"], info.class_names)
+  return {
+      "split": split,
+      "num_examples": count,
+      "loss": float(totals["loss_sum"]) / max(count, 1),
+      "accuracy": report["accuracy"],
+      "macro_f1": report["macro_f1"],
+      "per_class": report["per_class"],
+      "confusion_matrix": np.asarray(totals["confusion_matrix"]).tolist(),
+  }
+
+
+def _summary_line(step, ev) -> str:
+  return (f"[eval] step {step}: {ev['split']} accuracy {ev['accuracy']:.4f} "
+          f"loss {ev['loss']:.4f} macro-F1 {ev['macro_f1']:.4f} ({ev['num_examples']} examples)")
+
+
+def _flush(pending, writer, first_step) -> dict:
+  """Fetches queued per-step metrics, stops on NaN/inf, writes their mean."""
+  fetched = jax.device_get(pending)
+  for i, m in enumerate(fetched):
+    if not math.isfinite(float(m["loss"])):
+      raise DivergenceError(
+          f"the training loss became {float(m['loss'])} at step {first_step + i + 1} "
+          f"(expected a finite value): training diverged. No checkpoint was written after "
+          f"the divergence; lower optimizer.learning_rate or enable grad_clip_norm.")
+  means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+  writer.write(first_step + len(fetched), "train", means)
+  return means
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains ``config`` into ``workdir`` (resuming if it holds checkpoints); returns results."""
+  workdir = pathlib.Path(workdir).resolve()
+  workdir.mkdir(parents=True, exist_ok=True)
+  mesh = sharding.make_mesh(config.get("num_devices"))
+  sharding.check_batch_size(config.batch_size, mesh)
+  builder, info = pipeline.get_dataset(config.dataset, data_dir=config.get("data_dir"))
+  total_steps = total_train_steps(config, info, config.train_split)
+
+  checkpointer = ckpt_lib.Checkpointer(
+      workdir / "checkpoints", keep=config.get("keep_checkpoints", 2),
+      best_metric="accuracy", best_mode="max")
+  writer = reporting.MetricWriter(workdir)
+  try:
+    start_step = checkpointer.latest_step() or 0
+    train_iter = pipeline.make_train_iterator(
+        builder, info, split=config.train_split, global_batch_size=config.batch_size,
+        pp=config.pp_train, seed=config.seed, start_step=start_step)
+    first = next(train_iter)
+    input_shape = first["image"].shape[1:]
+    _check_input_shape(config, input_shape)
+    meta = _meta(config, info, input_shape)
+
+    model = create_model(config, info.num_classes)
+    tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
+    state = state_lib.create_train_state(model, tx, input_shape=input_shape,
+                                         rng=jax.random.PRNGKey(config.seed), mesh=mesh)
+    if start_step:
+      state = checkpointer.restore(start_step, state, meta)
+      logging.info("resumed from %s at step %d", checkpointer.directory, start_step)
+      print(f"Resuming from step {start_step} of {total_steps} ({checkpointer.directory})")
+
+    train_step = steps_lib.jit_train_step(
+        steps_lib.make_train_step(label_smoothing=config.get("label_smoothing", 0.0)), mesh)
+    eval_step = steps_lib.jit_eval_step(steps_lib.make_eval_step(info.num_classes), mesh)
+    t0 = time.perf_counter()
+    train_step = train_step.lower(state, sharding.shard_batch(first, mesh)).compile()
+    compile_seconds = time.perf_counter() - t0
+
+    eval_every = config.get("eval_every_steps", -1)
+    if eval_every <= 0:
+      eval_every = pipeline.steps_per_epoch(info, config.train_split, config.batch_size)
+    log_every = max(1, config.get("log_every_steps", 50))
+    ckpt_every = config.get("checkpoint_every_steps", -1)
+
+    train_seconds, last_eval = 0.0, None
+    pending, pending_from = [], start_step
+    batch = first
+    bar = tqdm.tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
+                    dynamic_ncols=True, disable=config.get("disable_progress_bar", None))
+    t_mark, n_mark = time.perf_counter(), 0
+    for step in range(start_step, total_steps):
+      if batch is None:
+        batch = next(train_iter)
+      state, metrics = train_step(state, sharding.shard_batch(batch, mesh))
+      batch = None
+      pending.append(metrics)
+      done = step + 1
+      bar.update(1)
+      n_mark += 1
+      is_last = done == total_steps
+      do_eval = done % eval_every == 0 or is_last
+      do_ckpt = do_eval or (ckpt_every > 0 and done % ckpt_every == 0)
+      if done % log_every == 0 or do_ckpt:
+        means = _flush(pending, writer, pending_from)
+        pending, pending_from = [], done
+        now = time.perf_counter()
+        train_seconds += now - t_mark
+        ips = n_mark * config.batch_size / max(now - t_mark, 1e-9)
+        bar.set_postfix(loss=f"{means['loss']:.4f}", img_s=f"{ips:,.0f}")
+        writer.write(done, "train", {"images_per_s": ips, "learning_rate": float(schedule(done))})
+        if do_eval:
+          last_eval = evaluate_split(state, eval_step, builder=builder, info=info,
+                                     split=config.eval_split, config=config, mesh=mesh)
+          writer.write(done, "eval", {k: last_eval[k] for k in ("loss", "accuracy", "macro_f1")})
+          tqdm.tqdm.write(_summary_line(done, last_eval))
+        if do_ckpt:
+          checkpointer.save(done, state, meta,
+                            metrics={"accuracy": last_eval["accuracy"]} if do_eval else None)
+        t_mark, n_mark = time.perf_counter(), 0
+    bar.close()
+    if last_eval is None:  # Already complete: evaluate what the checkpoint holds.
+      last_eval = evaluate_split(state, eval_step, builder=builder, info=info,
+                                 split=config.eval_split, config=config, mesh=mesh)
+      print(_summary_line(int(state.step), last_eval))
+    results = {
+        "config": config.to_dict(),
+        "dataset": {"name": info.name, "source": info.source,
+                    "num_examples": dict(info.num_examples)},
+        "steps": int(jax.device_get(state.step)),
+        "resumed_from_step": start_step,
+        "train_seconds": train_seconds,
+        "compile_seconds": compile_seconds,
+        "devices": mesh.devices.size,
+        "eval": last_eval,
+    }
+    if jax.process_index() == 0:
+      _write_outputs(workdir, results, info)
+    return results
+  finally:
+    checkpointer.close()
+    writer.close()
+
+
+def _write_outputs(workdir: pathlib.Path, results: dict, info):
+  (workdir / "results.json").write_text(json.dumps(results, indent=2))
+  records = reporting.read_metrics(workdir / "metrics.jsonl")
+  reporting.plot_curves(records, workdir / "plots" / "curves.png")
+  ev = results["eval"]
+  reporting.plot_confusion_matrix(
+      ev["confusion_matrix"], info.class_names, workdir / "plots" / "confusion_matrix.png",
+      title=f"{info.name} {ev['split']}: accuracy {ev['accuracy']:.4f}")
+
+
+def _restore_for_inference(config, workdir, which: str):
+  """Restores the best or latest checkpoint of ``workdir`` with its recorded meta."""
+  ckpt_dir = pathlib.Path(workdir).resolve() / "checkpoints"
+  if not ckpt_dir.is_dir():
+    raise FileNotFoundError(f"no checkpoints in {ckpt_dir}: train into this workdir first")
+  checkpointer = ckpt_lib.Checkpointer(ckpt_dir, async_save=False)
+  try:
+    if which not in ("best", "latest"):
+      raise ValueError(f"checkpoint must be 'best' or 'latest'; found {which!r}")
+    step = checkpointer.best_step() if which == "best" else checkpointer.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no complete checkpoint in {ckpt_dir}")
+    meta = checkpointer.read_meta(step)
+    if meta.get("model") != config.model.name:
+      raise ckpt_lib.CheckpointMismatchError(
+          f"checkpoint {ckpt_dir}/{step} holds a {meta.get('model')!r} model; the config asks "
+          f"for {config.model.name!r}")
+    mesh = sharding.make_mesh(config.get("num_devices"))
+    model = create_model(config, meta["num_classes"])
+    tx, _ = optim.make_optimizer(config.optimizer, max(total_steps_hint(config), 1))
+    state = state_lib.create_train_state(model, tx, input_shape=meta["input_shape"],
+                                         rng=jax.random.PRNGKey(0), mesh=mesh)
+    state = checkpointer.restore(step, state, meta)
+    return state, meta, step, mesh
+  finally:
+    checkpointer.close()
+
+
+def total_steps_hint(config) -> int:
+  """Schedule length for restoring only (the optimizer state's shapes do not depend on it)."""
+  return int(config.get("num_train_steps", -1) if config.get("num_train_steps", -1) > 0 else 1000)
+
+
+def evaluate(config, workdir, *, split: str | None = None, checkpoint: str = "best") -> dict:
+  """Evaluates the workdir's best (or latest) checkpoint on ``split``; writes eval_<split>.json."""
+  split = split or config.eval_split
+  state, meta, step, mesh = _restore_for_inference(config, workdir, checkpoint)
+  builder, info = pipeline.get_dataset(config.dataset, data_dir=config.get("data_dir"))
+  if list(info.image_shape) != list(meta["dataset_image_shape"]):
+    raise ValueError(
+        f"checkpoint expects dataset images of shape {tuple(meta['dataset_image_shape'])}; "
+        f"dataset {info.name!r} has {tuple(info.image_shape)}")
+  eval_step = steps_lib.jit_eval_step(steps_lib.make_eval_step(meta["num_classes"]), mesh)
+  ev = evaluate_split(state, eval_step, builder=builder, info=info, split=split, config=config,
+                      mesh=mesh)
+  print(_summary_line(step, ev))
+  out = {"checkpoint_step": step, "checkpoint": checkpoint, "eval": ev}
+  if jax.process_index() == 0:
+    (pathlib.Path(workdir) / f"eval_{split}.json").write_text(json.dumps(out, indent=2))
+  return out
+
+
+def predict(config, workdir, image_paths, *, top_k: int = 3, checkpoint: str = "best") -> list:
+  """Classifies image files with the workdir's checkpoint; returns top-k labels per file."""
+  if not image_paths:
+    raise ValueError("no images given: pass --images=a.png,b.jpg")
+  state, meta, _, _ = _restore_for_inference(config, workdir, checkpoint)
+  images = image_io.load_images(image_paths, image_shape=tuple(meta["dataset_image_shape"]),
+                                pp=meta["pp_eval"])
+  if list(images.shape[1:]) != list(meta["input_shape"]):
+    raise ValueError(f"the model expects images of shape {tuple(meta['input_shape'])} after "
+                     f"preprocessing; found {tuple(images.shape[1:])}")
+  probs = np.asarray(jax.jit(steps_lib.predict_step)(state, jnp.asarray(images)))
+  names = meta["class_names"]
+  k = min(top_k, len(names))
+  results = []
+  for path, p in zip(image_paths, probs):
+    order = np.argsort(-p, kind="stable")[:k]
+    results.append({"file": str(path),
+                    "top_k": [{"label": names[i], "class_id": int(i),
+                               "probability": float(p[i])} for i in order]})
+  return results
