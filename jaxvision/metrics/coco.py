@@ -159,12 +159,6 @@ def _blocks(det_count, gt_count):
   return blocks
 
 
-def _segments(keys):
-  """(unique keys, start, count) of runs in a sorted key array."""
-  uniq, start, count = np.unique(keys, return_index=True, return_counts=True)
-  return uniq, start, count
-
-
 def _match_all(gt: GroundTruthArrays, dt: DetectionArrays, gt_ignore, num_ranks):
   """Matches detections to ground truth per (image, category), for every area range.
 
@@ -184,12 +178,13 @@ def _match_all(gt: GroundTruthArrays, dt: DetectionArrays, gt_ignore, num_ranks)
   dt_key = dt.category_index * n_img + dt.image_index
   order = np.lexsort((np.arange(n_dt), -dt.scores, dt_key))
   dt_key_sorted = dt_key[order]
-  d_keys, d_start, d_count = _segments(dt_key_sorted)
+  d_keys, d_start, d_count = np.unique(dt_key_sorted, return_index=True, return_counts=True)
   rank = np.arange(n_dt) - np.repeat(d_start, d_count)
 
   gt_key = gt.category_index * n_img + gt.image_index
   gt_order = np.argsort(gt_key, kind="stable")
-  g_keys, g_start, g_count = _segments(gt_key[gt_order])
+  g_keys, g_start, g_count = np.unique(gt_key[gt_order], return_index=True,
+                                       return_counts=True)
 
   matched = np.zeros((n_dt, a_num, t_num), bool)
   on_ignored = np.zeros((n_dt, a_num, t_num), bool)
@@ -377,7 +372,7 @@ def coco_evaluate(ground_truth: Mapping | str | os.PathLike,
   # Evaluation order: per category, descending score, ties by image then rank in the image.
   cat = dt.category_index[order]
   ev = np.lexsort((rank, dt.image_index[order], -dt.scores[order], cat))
-  _, cat_start, cat_count = _segments(cat[ev])
+  _, cat_start, cat_count = np.unique(cat[ev], return_index=True, return_counts=True)
   cat_slices = {int(cat[ev[s]]): ev[s:s + c] for s, c in zip(cat_start, cat_count)}
 
   precision = -np.ones((t_num, len(RECALL_THRESHOLDS), k_num, a_num, 3))  # COCOeval's layout
