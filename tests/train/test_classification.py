@@ -1,0 +1,229 @@
+"""End-to-end runs of the classification trainer on the embedded digits (tiny settings)."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from jaxvision.data import pipeline
+from jaxvision.training import checkpoint as ckpt_lib
+from train import classification
+from train.configs import digits_cnn
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _config(**overrides):
+  c = digits_cnn.get_config()
+  c.batch_size = 32
+  c.eval_batch_size = 64  # 360 test digits: the last batch is padded
+  c.num_train_steps = 12
+  c.log_every_steps = 1
+  c.eval_every_steps = 12
+  c.checkpoint_every_steps = 4
+  c.optimizer.warmup_steps = 2
+  c.disable_progress_bar = True
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def _train_losses(workdir):
+  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  losses = {}
+  for r in records:
+    if r["kind"] == "train" and "loss" in r:
+      losses[r["step"]] = r["loss"]  # a resumed run rewrites the steps it redoes
+  return [losses[s] for s in sorted(losses)]
+
+
+def _final_params(workdir, config):
+  ckpt = ckpt_lib.Checkpointer(workdir / "checkpoints", async_save=False)
+  step = ckpt.latest_step()
+  meta = ckpt.read_meta(step)
+  ckpt.close()
+  state, _, _, _ = classification._restore_for_inference(config, workdir, "latest")
+  return step, meta, jax.device_get(state.params)
+
+
+class _Crash(RuntimeError):
+  pass
+
+
+def _crash_after(monkeypatch, num_batches):
+  """Makes the train iterator raise once ``num_batches`` batches were drawn (a crash)."""
+  real = pipeline.make_train_iterator
+
+  def patched(*args, **kwargs):
+    it = real(*args, **kwargs)
+    start = kwargs.get("start_step", 0)
+
+    def gen():
+      for i, b in enumerate(it):
+        if start + i >= num_batches:
+          raise _Crash(f"simulated crash before step {start + i + 1}")
+        yield b
+    return gen()
+
+  monkeypatch.setattr(pipeline, "make_train_iterator", patched)
+
+
+def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch):
+  config = _config()
+  full = classification.train_and_evaluate(config, tmp_path / "full")
+
+  _crash_after(monkeypatch, 6)  # crashes after step 6; the last checkpoint is step 4
+  with pytest.raises(_Crash):
+    classification.train_and_evaluate(config, tmp_path / "resumed")
+  monkeypatch.undo()
+  assert ckpt_lib.Checkpointer(tmp_path / "resumed" / "checkpoints").latest_step() == 4
+  resumed = classification.train_and_evaluate(config, tmp_path / "resumed")
+
+  assert resumed["resumed_from_step"] == 4 and resumed["steps"] == full["steps"] == 12
+  np.testing.assert_allclose(_train_losses(tmp_path / "resumed"), _train_losses(tmp_path / "full"),
+                             rtol=1e-6)
+  _, _, p_full = _final_params(tmp_path / "full", config)
+  _, _, p_res = _final_params(tmp_path / "resumed", config)
+  for a, b in zip(jax.tree_util.tree_leaves(p_full), jax.tree_util.tree_leaves(p_res)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  assert resumed["eval"]["accuracy"] == full["eval"]["accuracy"]
+
+
+def test_outputs_and_exactly_once_evaluation(tmp_path):
+  results = classification.train_and_evaluate(_config(num_train_steps=8, eval_every_steps=4),
+                                              tmp_path)
+  ev = results["eval"]
+  assert ev["split"] == "test" and ev["num_examples"] == 360
+  cm = np.asarray(ev["confusion_matrix"])
+  assert cm.sum() == 360 and cm.sum(axis=1).tolist() == [
+      ev["per_class"][str(k)]["support"] for k in range(10)]
+  saved = json.loads((tmp_path / "results.json").read_text())
+  assert saved["steps"] == 8 and saved["train_seconds"] > 0
+  assert saved["config"]["model"]["name"] == "SimpleCNN"
+  assert set(saved["eval"]["per_class"]["3"]) >= {"precision", "recall", "f1"}
+  kinds = [json.loads(l)["kind"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert kinds.count("eval") == 2 and "train" in kinds
+  assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+  for png in ("curves.png", "confusion_matrix.png"):
+    assert (tmp_path / "plots" / png).stat().st_size > 5000
+
+
+def test_nan_loss_stops_without_writing_a_checkpoint(tmp_path, monkeypatch):
+  real = pipeline.make_train_iterator
+
+  def poisoned(*args, **kwargs):
+    for i, b in enumerate(real(*args, **kwargs)):
+      if i == 5:
+        b = dict(b, image=np.full_like(b["image"], np.nan))
+      yield b
+
+  monkeypatch.setattr(pipeline, "make_train_iterator", poisoned)
+  with pytest.raises(classification.DivergenceError, match=r"became nan at step 6"):
+    classification.train_and_evaluate(_config(checkpoint_every_steps=2), tmp_path)
+  ckpt = ckpt_lib.Checkpointer(tmp_path / "checkpoints")
+  assert ckpt.all_steps() == [2, 4]  # nothing at or after the divergence
+  ckpt.close()
+
+
+def test_unknown_dataset_is_a_clear_error(tmp_path):
+  with pytest.raises(ValueError, match="unknown dataset 'mnist2'"):
+    classification.train_and_evaluate(_config(dataset="mnist2"), tmp_path)
+
+
+def test_missing_data_folder_is_a_clear_error(tmp_path):
+  (tmp_path / "mnist").mkdir()
+  (tmp_path / "mnist" / "train-images-idx3-ubyte.gz").write_bytes(b"")
+  with pytest.raises(FileNotFoundError, match="t10k-labels-idx1-ubyte.gz"):
+    classification.train_and_evaluate(
+        _config(dataset="mnist", data_dir=str(tmp_path / "mnist")), tmp_path / "run")
+
+
+def test_wrong_image_shape_for_the_model_is_a_clear_error(tmp_path):
+  with pytest.raises(ValueError, match=r"configured for images of shape \(28, 28, 1\).*"
+                                       r"produces \(16, 16, 1\)"):
+    classification.train_and_evaluate(_config(input_shape=(28, 28, 1)), tmp_path)
+
+
+def test_checkpoint_from_another_model_is_refused_and_kept(tmp_path):
+  classification.train_and_evaluate(_config(num_train_steps=4, eval_every_steps=4), tmp_path)
+  before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+  other = _config(num_train_steps=8)
+  other.model.hidden = 32
+  with pytest.raises(ckpt_lib.CheckpointMismatchError, match="Dense_0/kernel"):
+    classification.train_and_evaluate(other, tmp_path)
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+
+
+def _cli(*args, timeout=300):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.run([sys.executable, "-m", "train.main", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_kill_during_training_keeps_last_checkpoint_and_resumes(tmp_path):
+  """SIGKILL mid-run (possibly mid-save), then the same command resumes and finishes."""
+  workdir = tmp_path / "run"
+  args = ["--config=train/configs/digits_cnn.py", f"--workdir={workdir}",
+          "--config.num_train_steps=60", "--config.checkpoint_every_steps=3",
+          "--config.eval_every_steps=60", "--config.batch_size=32",
+          "--config.disable_progress_bar=True"]
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  proc = subprocess.Popen([sys.executable, "-m", "train.main", *args], cwd=REPO, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpt_dir = workdir / "checkpoints"
+  deadline = time.time() + 240
+  while time.time() < deadline:
+    steps = [p for p in ckpt_dir.glob("*") if p.name.isdigit()] if ckpt_dir.exists() else []
+    if len(steps) >= 2:
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  out = _cli(*args)
+  assert out.returncode == 0, out.stderr[-3000:]
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["steps"] == 60 and results["resumed_from_step"] >= 3
+
+
+@pytest.mark.slow
+def test_cli_evaluate_and_predict(tmp_path):
+  from PIL import Image
+  from sklearn.datasets import load_digits
+  workdir = tmp_path / "run"
+  base = ["--config=train/configs/digits_cnn.py", f"--workdir={workdir}"]
+  out = _cli(*base, "--config.num_epochs=6", "--config.disable_progress_bar=True")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "Results in" in out.stdout and "[eval]" in out.stdout
+  out = _cli(*base, "--mode=evaluate", "--split=test")
+  assert out.returncode == 0, out.stderr[-3000:]
+  saved = json.loads((workdir / "eval_test.json").read_text())
+  assert saved["eval"]["num_examples"] == 360 and saved["eval"]["accuracy"] > 0.8
+
+  digits = load_digits()
+  paths = []
+  for i in range(5):
+    img = np.round(digits.images[i] * 255 / 16).astype(np.uint8)
+    path = tmp_path / f"digit_{i}.png"
+    Image.fromarray(img).resize((32, 32), Image.NEAREST).save(path)
+    paths.append(str(path))
+  out = _cli(*base, "--mode=predict", "--images=" + ",".join(paths), "--top_k=2")
+  assert out.returncode == 0, out.stderr[-3000:]
+  preds = json.loads(out.stdout[out.stdout.index("["):])
+  assert [p["file"] for p in preds] == paths
+  for p in preds:
+    probs = [t["probability"] for t in p["top_k"]]
+    assert len(probs) == 2 and probs[0] >= probs[1] and 0 < sum(probs) <= 1 + 1e-6
+  top1 = [int(p["top_k"][0]["label"]) for p in preds]
+  assert sum(t == int(y) for t, y in zip(top1, digits.target[:5])) >= 4
+
+  out = _cli(*base, "--mode=predict", f"--images={tmp_path / 'missing.png'}")
+  assert out.returncode != 0 and "missing.png" in out.stderr
