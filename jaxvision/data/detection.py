@@ -158,6 +158,9 @@ def load_detection_dataset(path_or_name, split: str, *, data_dir=None, format: s
 
   Returns:
     ``(dataset of TFDS feature dicts, DetectionInfo)``.
+
+  Prepared records are reused as long as the folder's absolute path (and ``class_names`` /
+  ``splits``) are unchanged; after editing the source data, delete ``info.builder.data_dir``.
   """
   builder = detection_builder(path_or_name, format=format, data_dir=data_dir, **builder_kwargs)
   builder.download_and_prepare()
