@@ -1,0 +1,1 @@
+"""Local-data TFDS builders (one module per source format)."""
