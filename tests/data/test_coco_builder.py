@@ -8,7 +8,7 @@ import PIL.Image
 import pytest
 from pycocotools.coco import COCO
 
-from conftest import require_data
+from tests.support import require_data
 from jaxvision.data import detection as det
 from jaxvision.data.builders import coco, voc
 

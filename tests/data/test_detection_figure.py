@@ -83,7 +83,7 @@ def render_gt_figure(path, batches):
 
 @pytest.fixture(scope="module")
 def batches(tmp_path_factory):
-  from conftest import require_data  # tests/conftest.py: skips (fails in CI) without the data
+  from tests.support import require_data  # tests/conftest.py: skips (fails in CI) without the data
   for name, _ in DATASETS:
     require_data(name)
   return all_batches(tmp_path_factory.getbasetemp() / "jaxvision_tfds")  # shared dir

@@ -9,7 +9,7 @@ import PIL.Image
 import pytest
 import tensorflow_datasets as tfds
 
-from conftest import require_data
+from tests.support import require_data
 from jaxvision.data import detection as det
 from jaxvision.data.builders import voc
 
