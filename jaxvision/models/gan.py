@@ -88,6 +88,12 @@ def _check_labels(y: jax.Array, batch: int):
     raise ValueError(f"labels y must be integer class ids, got dtype {y.dtype}")
 
 
+def _batch_norm(module: nn.Module, train: bool, name: str) -> nn.BatchNorm:
+  """BatchNorm with ``module``'s momentum and dtype; call inside ``module``'s compact method."""
+  return nn.BatchNorm(use_running_average=not train, momentum=module.bn_momentum, epsilon=1e-5,
+                      dtype=module.dtype, name=name)
+
+
 class _GeneratorBody(nn.Module):
   """DCGAN upsampling stack: ``h [B, F] -> images [B, H, W, C]`` in ``[-1, 1]``.
 
@@ -105,19 +111,16 @@ class _GeneratorBody(nn.Module):
   def __call__(self, h: jax.Array, *, train: bool) -> jax.Array:
     height, width, channels = _check_image_shape(self.image_shape)
     h0, w0, n = spatial_plan(height, width)
-    norm = lambda name: nn.BatchNorm(
-        use_running_average=not train, momentum=self.bn_momentum, epsilon=1e-5,
-        dtype=self.dtype, name=name)
     features = self.base_features * 2**(n - 1)
     x = nn.Dense(h0 * w0 * features, use_bias=False, kernel_init=DCGAN_INIT,
                  dtype=self.dtype, name="project")(h)
     x = x.reshape(h.shape[0], h0, w0, features)  # [B, h0, w0, F0]
-    x = nn.relu(norm("project_bn")(x))
+    x = nn.relu(_batch_norm(self, train, "project_bn")(x))
     for i in range(n - 1):
       features //= 2
       x = nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME", use_bias=False,
                            kernel_init=DCGAN_INIT, dtype=self.dtype, name=f"deconv{i}")(x)
-      x = nn.relu(norm(f"deconv{i}_bn")(x))  # [B, h0*2**(i+1), w0*2**(i+1), F]
+      x = nn.relu(_batch_norm(self, train, f"deconv{i}_bn")(x))  # [B, h0*2**(i+1), ..., F]
     x = nn.ConvTranspose(channels, (4, 4), strides=(2, 2), padding="SAME",
                          kernel_init=DCGAN_INIT, dtype=self.dtype, name="to_image")(x)
     return jnp.tanh(x)  # [B, H, W, C]
@@ -251,8 +254,7 @@ class _DiscriminatorTrunk(nn.Module):
                      kernel_init=DCGAN_INIT, dtype=self.dtype, name=f"conv{i}")
       x = _normalized(conv, self.normalization, self.spectral_norm_steps, x, train)
       if self.normalization == "batch" and i > 0:
-        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                         epsilon=1e-5, dtype=self.dtype, name=f"conv{i}_bn")(x)
+        x = _batch_norm(self, train, f"conv{i}_bn")(x)
       x = nn.leaky_relu(x, LEAKY_RELU_SLOPE)  # [B, H / 2**(i+1), W / 2**(i+1), F * 2**i]
     return x.reshape(x.shape[0], -1)  # [B, D]
 

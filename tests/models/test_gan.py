@@ -256,7 +256,7 @@ def _make_gan_step(gen, disc, d_loss_fn, g_loss_fn, g_opt, d_opt, num_classes=No
     # Discriminator update on real images and (stopped) generated ones.
     fake_labels = sample_labels(rng_yd)
     fake, g_stats = g_apply(state["g"]["params"], g_stats,
-                            jax.random.normal(rng_zd, (batch, LATENT)), fake_labels)
+                            jax.random.normal(rng_zd, (batch, gen.latent_dim)), fake_labels)
 
     def d_objective(d_params):
       real_logits, stats = d_apply(d_params, d_stats, real, real_labels)
@@ -272,8 +272,8 @@ def _make_gan_step(gen, disc, d_loss_fn, g_loss_fn, g_opt, d_opt, num_classes=No
     g_labels = sample_labels(rng_yg)
 
     def g_objective(g_params):
-      fake, stats = g_apply(g_params, g_stats, jax.random.normal(rng_zg, (batch, LATENT)),
-                            g_labels)
+      z = jax.random.normal(rng_zg, (batch, gen.latent_dim))
+      fake, stats = g_apply(g_params, g_stats, z, g_labels)
       fake_logits, _ = d_apply(d_params, d_stats, fake, g_labels)
       return g_loss_fn(fake_logits), stats
 
