@@ -1,5 +1,6 @@
 """Flax Linen models. Classifiers return ``(logits, intermediates)``; see ``models.cnn``."""
 
+from jaxvision.models.gan import ConditionalGenerator, Discriminator, Generator, ProjectionDiscriminator
 from jaxvision.models.cnn import LeNet5, ResNet, ResNet18, ResNet34, ResNet50, SimpleCNN, VGG, VGG11, VGG16
 
 # Names usable in configs (``config.model.name``).

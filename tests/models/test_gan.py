@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxvision import gan_losses
+from jaxvision import losses as gan_losses
 from jaxvision.models import gan
 
 F = 8  # tiny base_features keeps every test fast

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxvision import gan_losses
+from jaxvision import losses as gan_losses
 
 REAL = np.array([2.0, -1.0, 0.5, 0.0, 3.0])
 FAKE = np.array([-2.0, 1.5, 0.0])  # a different batch size on purpose
