@@ -8,8 +8,9 @@ name               source
 ``digits``         scikit-learn's 8x8 digits (our builder; train 1437 / test 360)
 ``mnist``          ``data_dir`` as an IDX folder if given; else ``$JAXVISION_DATA_DIR/mnist``
                    if it exists; else the TFDS catalog ``mnist`` (download)
-``fashion_mnist``  same with the folder ``fashion-mnist``
-``cifar10``        the TFDS catalog ``cifar10`` (``data_dir``: the TFDS data dir)
+``fashion_mnist``  same with the IDX folder ``fashion-mnist``
+``cifar10``        same with the folder ``cifar10`` holding CIFAR-10's python version
+                   (``cifar-10-batches-py``, itself or as a subfolder); else the TFDS catalog
 ``idx:<folder>``   any MNIST-layout IDX folder
 =================  ==========================================================================
 
@@ -47,16 +48,17 @@ import tensorflow_datasets as tfds
 
 from jaxvision.data import paths
 from jaxvision.data import preprocess
+from jaxvision.data.builders import cifar as cifar_lib
 from jaxvision.data.builders import digits as digits_lib
 from jaxvision.data.builders import idx as idx_lib
 
 KNOWN_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "idx:<folder>")
-# Dataset name -> (local IDX folder name under the data root, class names).
-_IDX_DATASETS = {
-    "mnist": ("mnist", idx_lib.DIGIT_CLASS_NAMES),
-    "fashion_mnist": ("fashion-mnist", idx_lib.FASHION_MNIST_CLASS_NAMES),
+# Dataset name -> (folder name under the data root, builder factory, class names).
+_FOLDER_DATASETS = {
+    "mnist": ("mnist", idx_lib.idx_builder, idx_lib.DIGIT_CLASS_NAMES),
+    "fashion_mnist": ("fashion-mnist", idx_lib.idx_builder, idx_lib.FASHION_MNIST_CLASS_NAMES),
+    "cifar10": ("cifar10", cifar_lib.cifar_builder, cifar_lib.CLASS_NAMES),
 }
-_CATALOG_ONLY = ("cifar10",)
 _MAX_EPOCHS = 2**40
 
 
@@ -90,16 +92,16 @@ def _prepare_local(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilde
   return builder
 
 
-def _catalog_builder(name: str, data_dir: str | None) -> tfds.core.DatasetBuilder:
+def _catalog_builder(name: str) -> tfds.core.DatasetBuilder:
   """``tfds.builder(name)`` downloaded and prepared (needs network on first use)."""
-  builder = tfds.builder(name, data_dir=data_dir)
+  builder = tfds.builder(name)
   builder.download_and_prepare()
   return builder
 
 
-def _from_catalog(name: str, data_dir: str | None, local_hint: str) -> tfds.core.DatasetBuilder:
+def _from_catalog(name: str, local_hint: str) -> tfds.core.DatasetBuilder:
   try:
-    return _catalog_builder(name, data_dir)
+    return _catalog_builder(name)
   except Exception as e:  # pylint: disable=broad-except
     raise FileNotFoundError(
         f"dataset {name!r}: {local_hint}, and preparing the TFDS catalog dataset {name!r} "
@@ -114,8 +116,8 @@ def get_dataset(name: str, *,
 
   Args:
     name: 'digits', 'mnist', 'fashion_mnist', 'cifar10' or 'idx:<folder>' (see module doc).
-    data_dir: for 'mnist'/'fashion_mnist', the IDX folder to read (it must be complete);
-      for 'cifar10', the TFDS data dir; not accepted for 'digits' and 'idx:<folder>'.
+    data_dir: for 'mnist', 'fashion_mnist' and 'cifar10', the local folder to read (it must
+      be complete); not accepted for 'digits' and 'idx:<folder>'.
 
   Returns:
     ``(builder, info)``; the builder is prepared (records written) and ready for
@@ -124,8 +126,8 @@ def get_dataset(name: str, *,
   Raises:
     ValueError: unknown name (the known names are listed) or a ``data_dir`` that means nothing
       for ``name``.
-    FileNotFoundError: an IDX folder that is missing or incomplete (missing files listed), or
-      no local folder and a failed catalog download.
+    FileNotFoundError: a local folder that is missing or incomplete (missing files listed),
+      or no local folder and a failed catalog download.
   """
   if name == "digits" or name.startswith("idx:"):
     if data_dir is not None:
@@ -138,23 +140,18 @@ def get_dataset(name: str, *,
     if not folder:
       raise ValueError("dataset 'idx:<folder>' needs a folder, e.g. 'idx:/data/mnist'")
     builder = _prepare_local(idx_lib.idx_builder(folder))
-    return builder, _info_from_builder(builder, name, f"IDX folder {builder.builder_config.folder}")
+    return builder, _info_from_builder(builder, name, builder.builder_config.description)
 
-  if name in _IDX_DATASETS:
-    folder_name, class_names = _IDX_DATASETS[name]
+  if name in _FOLDER_DATASETS:
+    folder_name, make_builder, class_names = _FOLDER_DATASETS[name]
     folder = data_dir if data_dir is not None else paths.local_dataset_dir(folder_name)
     if data_dir is not None or os.path.exists(folder):
-      builder = _prepare_local(idx_lib.idx_builder(folder, class_names=class_names))
-      source = f"IDX folder {builder.builder_config.folder}"
+      builder = _prepare_local(make_builder(folder, class_names=class_names))
+      source = builder.builder_config.description  # e.g. 'IDX folder /data/mnist'
     else:
-      builder = _from_catalog(name, None, f"the local folder {folder} was not found")
+      builder = _from_catalog(name, f"the local folder {folder} was not found")
       source = f"TFDS catalog {name}"
     return builder, _info_from_builder(builder, name, source)
-
-  if name in _CATALOG_ONLY:
-    hint = "it is read only from the TFDS catalog (no local reader)"
-    builder = _from_catalog(name, os.fspath(data_dir) if data_dir else None, hint)
-    return builder, _info_from_builder(builder, name, f"TFDS catalog {name}")
 
   raise ValueError(f"unknown dataset {name!r}; known: {', '.join(KNOWN_DATASETS)}")
 

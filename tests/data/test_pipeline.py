@@ -160,7 +160,7 @@ def test_unknown_name_and_bad_data_dir(tmp_path, monkeypatch):
 def test_missing_local_folder_and_failed_catalog(tmp_path, monkeypatch):
   monkeypatch.setenv(paths.ENV_VAR, str(tmp_path / "empty_root"))
 
-  def offline(name, data_dir):
+  def offline(name):
     raise ConnectionError(f"cannot reach the download server for {name}")
 
   monkeypatch.setattr(pipeline, "_catalog_builder", offline)

@@ -11,16 +11,15 @@ followed by the row-major data.
 
 One builder class serves every folder: each folder is its own ``BuilderConfig`` named
 ``<basename>_<hash>`` where the hash covers the absolute path, the file sizes and the class
-names, so MNIST and Fashion-MNIST prepared records never collide. Features match TFDS's
+names (see :mod:`jaxvision.data.builders.folder`), so MNIST and Fashion-MNIST prepared records
+never collide. Features match TFDS's
 ``mnist``: ``image`` uint8 ``[H, W, C]`` (PNG-encoded on disk) and ``label`` ``ClassLabel``.
 Splits: ``train`` (from ``train-*``) and ``test`` (from ``t10k-*``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
-import hashlib
 import os
 import pathlib
 import struct
@@ -31,6 +30,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxvision.data import paths
+from jaxvision.data.builders import folder as folder_lib
 
 SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -141,16 +141,7 @@ def check_idx_folder(folder: str | os.PathLike) -> pathlib.Path:
   Raises:
     FileNotFoundError: naming the folder and every missing file.
   """
-  folder = pathlib.Path(folder).expanduser().resolve()
-  if not folder.is_dir():
-    raise FileNotFoundError(
-        f"IDX folder {folder} does not exist; expected a folder holding {list(REQUIRED_FILES)}")
-  missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
-  if missing:
-    raise FileNotFoundError(
-        f"IDX folder {folder} is incomplete: missing {missing} (expected all of "
-        f"{list(REQUIRED_FILES)})")
-  return folder
+  return folder_lib.check_folder(folder, REQUIRED_FILES, "IDX")
 
 
 def default_class_names(folder: str | os.PathLike) -> tuple[str, ...]:
@@ -197,86 +188,34 @@ def load_idx_split(folder: str | os.PathLike, split: str) -> tuple[np.ndarray, n
   return images, labels.astype(np.int64)
 
 
-@dataclasses.dataclass(eq=False)
-class IdxConfig(tfds.core.BuilderConfig):
-  """One IDX folder: absolute ``folder`` path and its ``class_names``."""
-
-  folder: str = ""
-  class_names: tuple[str, ...] = ()
-  image_shape: tuple[int, int, int] = (0, 0, 0)
-
-
 def make_idx_config(folder: str | os.PathLike,
-                    class_names: Sequence[str] | None = None) -> IdxConfig:
-  """Builds the ``IdxConfig`` for ``folder``, checking it is complete.
-
-  The config name is ``<basename>_<12 hex digits>``; the digest covers the absolute path, the
-  four file sizes and the class names, so a changed folder or a different labelling gets its
-  own prepared records.
+                    class_names: Sequence[str] | None = None) -> folder_lib.FolderConfig:
+  """Builds the config of ``folder`` (see ``folder.folder_config``), checking it is complete.
 
   Raises:
     FileNotFoundError: missing folder or files (all listed).
-    ValueError: corrupt train-images header.
+    ValueError: corrupt train-images header, bad class names.
   """
   folder = check_idx_folder(folder)
   names = tuple(class_names) if class_names is not None else default_class_names(folder)
-  if not names or len(set(names)) != len(names):
-    raise ValueError(f"class_names must be non-empty and unique, got {names}")
-  key = [str(folder)] + [f"{f}:{(folder / f).stat().st_size}" for f in REQUIRED_FILES]
-  key += list(names)
-  digest = hashlib.sha256("\n".join(key).encode()).hexdigest()[:12]
-  base = "".join(c if c.isalnum() else "_" for c in folder.name.lower()).strip("_") or "idx"
-  return IdxConfig(
-      name=f"{base}_{digest}",
-      description=f"IDX folder {folder}",
-      folder=str(folder),
-      class_names=names,
-      image_shape=image_shape_of(folder),
-  )
+  return folder_lib.folder_config(folder, REQUIRED_FILES, names, image_shape_of(folder), "IDX")
 
 
-class IdxFolder(tfds.core.GeneratorBasedBuilder):
+class IdxFolder(folder_lib.FolderBuilder):
   """TFDS builder for an IDX folder; build it with :func:`idx_builder`."""
 
   name = "jaxvision_idx"
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
-
-  def _config(self) -> IdxConfig:
-    config = self.builder_config
-    if not isinstance(config, IdxConfig):
-      raise ValueError("IdxFolder needs an IdxConfig: use "
-                       "jaxvision.data.builders.idx_builder(folder)")
-    return config
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    config = self._config()
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=f"Images and labels read from the IDX folder {config.folder}.",
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=config.image_shape),
-            "label": tfds.features.ClassLabel(names=list(config.class_names)),
-        }),
-        supervised_keys=("image", "label"),
-    )
+  DESCRIPTION = "Images and labels read from the IDX folder {folder}."
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Local data only.
     return {split: self._generate_examples(split) for split in SPLIT_FILES}
 
   def _generate_examples(self, split: str):
-    config = self._config()
-    images, labels = load_idx_split(config.folder, split)
-    if images.shape[1:] != tuple(config.image_shape):
-      raise ValueError(f"IDX folder {config.folder}: {split} images have shape "
-                       f"{images.shape[1:]} but train images have {config.image_shape}")
-    num_classes = len(config.class_names)
-    if labels.size and labels.max() >= num_classes:
-      raise ValueError(f"IDX folder {config.folder}: {split} label {labels.max()} is out of "
-                       f"range for {num_classes} classes; pass class_names")
-    for i, (image, label) in enumerate(zip(images, labels)):
-      yield i, {"image": image, "label": int(label)}
+    images, labels = load_idx_split(self.folder_config().folder, split)
+    yield from self.generate(split, images, labels)
 
 
 def idx_builder(folder: str | os.PathLike, *, class_names: Sequence[str] | None = None,
