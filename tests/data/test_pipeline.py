@@ -178,9 +178,28 @@ def test_fashion_names_from_dataset_name(tmp_path, monkeypatch):
   assert info.class_names[0] == "T-shirt/top" and info.num_examples == {"train": 10, "test": 3}
 
 
-def test_real_mnist(mnist_dir, tmp_path_factory, monkeypatch):
-  monkeypatch.setenv(paths.TFDS_ENV_VAR, str(tmp_path_factory.mktemp("mnist_tfds")))
-  _, info = pipeline.get_dataset("mnist")
+def test_digits_dataset(tmp_path, monkeypatch):
+  monkeypatch.setenv(paths.TFDS_ENV_VAR, str(tmp_path / "tfds"))
+  builder, info = pipeline.get_dataset("digits")
+  assert info.num_examples == {"train": 1437, "test": 360}
+  assert info.source == "sklearn digits" and info.image_shape == (8, 8, 1)
+  ev = pipeline.make_eval_iterator(builder, info, split="test", global_batch_size=100,
+                                   pp="value_range(0, 1)", process_index=0, process_count=1)
+  batches = list(ev)
+  assert len(ev) == 4 and sum(b["mask"].sum() for b in batches) == 360
+  # Stratified split: 36 test examples per class (sklearn digits has 174..183 per class).
+  counts = np.bincount(np.concatenate([b["label"][b["mask"]] for b in batches]), minlength=10)
+  assert counts.min() >= 35 and counts.max() <= 37
+
+
+def test_real_mnist(mnist_dir, tmp_path, monkeypatch):
+  monkeypatch.setenv(paths.TFDS_ENV_VAR, str(tmp_path / "tfds"))
+  builder, info = pipeline.get_dataset("mnist")
   assert info.num_examples == {"train": 60000, "test": 10000}
   assert info.image_shape == (28, 28, 1) and info.num_classes == 10
   assert info.source == f"IDX folder {mnist_dir}"
+  ev = pipeline.make_eval_iterator(builder, info, split="test", global_batch_size=2048,
+                                   pp="value_range(0, 1)", process_index=0, process_count=1)
+  labels = np.concatenate([b["label"][b["mask"]] for b in ev])
+  expected = np.bincount(idx.read_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz"))
+  np.testing.assert_array_equal(np.bincount(labels), expected)

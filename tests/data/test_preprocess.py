@@ -219,19 +219,18 @@ def test_parse_composes_with_split_keys():
   np.testing.assert_array_equal(run_both(preprocess.parse(""), image, rng), image)
 
 
-def test_parse_errors():
-  with pytest.raises(ValueError, match="registered ops: .*normalize.*rotate"):
-    preprocess.parse("value_range(0, 1)|shear(3)")
-  with pytest.raises(ValueError, match="literals"):
-    preprocess.parse("resize(size)")
-  with pytest.raises(ValueError, match="literals"):
-    preprocess.parse("resize(__import__('os').getcwd())")
-  with pytest.raises(ValueError, match="cannot parse"):
-    preprocess.parse("resize(3")
-  with pytest.raises(ValueError, match="bad arguments"):
-    preprocess.parse("flip_lr(1, 2, 3)")
-  with pytest.raises(ValueError, match="empty op"):
-    preprocess.parse("flip_lr||value_range(0, 1)")
+@pytest.mark.parametrize("spec,message", [
+    ("value_range(0, 1)|shear(3)", "registered ops: .*normalize.*rotate"),
+    ("resize(size)", "literals"),
+    ("resize(__import__('os').getcwd())", "literals"),
+    ("resize(3", "cannot parse"),
+    ("flip_lr(1, 2, 3)", "bad arguments"),
+    ("flip_lr||value_range(0, 1)", "empty op"),
+    ("resize(-2)", "positive int"),
+])
+def test_parse_errors(spec, message):
+  with pytest.raises(ValueError, match=message):
+    preprocess.parse(spec)
 
 
 def test_register_new_op():

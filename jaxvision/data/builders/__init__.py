@@ -27,6 +27,7 @@ def _provide_importlib_resources() -> None:
 _provide_importlib_resources()
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxvision.data.builders.cifar import CifarFolder, cifar_builder
 from jaxvision.data.builders.digits import Digits, digits_builder
 from jaxvision.data.builders.folder import FolderConfig
 from jaxvision.data.builders.idx import IdxFolder, idx_builder, read_idx, write_idx

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxvision.data import paths
 from jaxvision.data.builders import folder as folder_lib
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -116,24 +115,10 @@ class CifarFolder(folder_lib.FolderBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   DESCRIPTION = "CIFAR-10 read from the python-version folder {folder}."
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Local data only.
-    return {split: self._generate_examples(split) for split in ("train", "test")}
-
-  def _generate_examples(self, split: str):
-    images, labels = load_cifar_split(self.folder_config().folder, split)
-    yield from self.generate(split, images, labels)
+  make_config = staticmethod(make_cifar_config)
+  load_split = staticmethod(load_cifar_split)
 
 
-def cifar_builder(folder: str | os.PathLike, *, class_names: Sequence[str] | None = None,
-                  data_dir: str | os.PathLike | None = None) -> CifarFolder:
-  """Returns the (not yet prepared) builder for a CIFAR-10 python folder.
-
-  Args:
-    folder: ``cifar-10-batches-py`` or a folder containing it.
-    class_names: label names; default from ``batches.meta``.
-    data_dir: where prepared records go (default ``paths.tfds_dir()``).
-  """
-  config = make_cifar_config(folder, class_names)
-  return CifarFolder(config=config, data_dir=os.fspath(data_dir or paths.tfds_dir()))
+# ``cifar_builder(folder, *, class_names=None, data_dir=None)``: ``folder`` is
+# ``cifar-10-batches-py`` or holds it; class names default to those in ``batches.meta``.
+cifar_builder = CifarFolder.from_folder

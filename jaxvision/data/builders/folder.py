@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import tensorflow_datasets as tfds
 
+from jaxvision.data import paths
+
 
 @dataclasses.dataclass(eq=False)
 class FolderConfig(tfds.core.BuilderConfig):
@@ -65,10 +67,37 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Base of builders whose data is a local folder given by a :class:`FolderConfig`.
 
   Features as TFDS's ``mnist``: ``image`` uint8 ``[H, W, C]`` and ``label`` ``ClassLabel``.
-  Subclasses define ``name``, ``VERSION`` and ``_split_generators``.
+  Subclasses define ``name``, ``VERSION``, ``DESCRIPTION``, ``make_config`` and ``load_split``.
   """
 
   DESCRIPTION = "Images and labels read from the folder {folder}."
+  SPLITS = ("train", "test")
+
+  @classmethod
+  def from_folder(cls, folder: str | os.PathLike, *, class_names: Sequence[str] | None = None,
+                  data_dir: str | os.PathLike | None = None):
+    """Returns the (not yet prepared) builder reading ``folder``.
+
+    Args:
+      folder: the local data folder.
+      class_names: label names; the default depends on the builder.
+      data_dir: where prepared records go (default ``paths.tfds_dir()``).
+
+    Raises:
+      FileNotFoundError: missing folder or files (all listed). ValueError: corrupt headers.
+    """
+    config = cls.make_config(folder, class_names)
+    return cls(config=config, data_dir=os.fspath(data_dir or paths.tfds_dir()))
+
+  @staticmethod
+  def make_config(folder: str | os.PathLike, class_names: Sequence[str] | None) -> FolderConfig:
+    """Checks ``folder`` and returns its config (see :func:`folder_config`)."""
+    raise NotImplementedError
+
+  @staticmethod
+  def load_split(folder: str, split: str):
+    """Returns ``(images uint8 [N, H, W, C], labels int [N])`` of ``split`` in ``folder``."""
+    raise NotImplementedError
 
   def folder_config(self) -> FolderConfig:
     config = self.builder_config
@@ -104,8 +133,12 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                        f"{labels.max()}], out of range for {num_classes} classes; pass "
                        "class_names")
 
-  def generate(self, split: str, images, labels):
-    """Checks one split and yields its ``(index, example)`` pairs."""
+  def _split_generators(self, dl_manager):
+    del dl_manager  # Local data only.
+    return {split: self._generate_examples(split) for split in self.SPLITS}
+
+  def _generate_examples(self, split: str):
+    images, labels = self.load_split(self.folder_config().folder, split)
     self.check_split(split, images, labels)
     for i, (image, label) in enumerate(zip(images, labels)):
       yield i, {"image": image, "label": int(label)}

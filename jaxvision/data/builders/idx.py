@@ -29,7 +29,6 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxvision.data import paths
 from jaxvision.data.builders import folder as folder_lib
 
 SPLIT_FILES = {
@@ -208,28 +207,10 @@ class IdxFolder(folder_lib.FolderBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   DESCRIPTION = "Images and labels read from the IDX folder {folder}."
-
-  def _split_generators(self, dl_manager):
-    del dl_manager  # Local data only.
-    return {split: self._generate_examples(split) for split in SPLIT_FILES}
-
-  def _generate_examples(self, split: str):
-    images, labels = load_idx_split(self.folder_config().folder, split)
-    yield from self.generate(split, images, labels)
+  make_config = staticmethod(make_idx_config)
+  load_split = staticmethod(load_idx_split)
 
 
-def idx_builder(folder: str | os.PathLike, *, class_names: Sequence[str] | None = None,
-                data_dir: str | os.PathLike | None = None) -> IdxFolder:
-  """Returns the (not yet prepared) TFDS builder for the IDX folder ``folder``.
-
-  Args:
-    folder: a folder holding the four MNIST-layout ``.gz`` files.
-    class_names: label names; default Fashion-MNIST's when the folder name contains
-      'fashion', else '0'..'9'.
-    data_dir: where prepared records go (default ``paths.tfds_dir()``).
-
-  Raises:
-    FileNotFoundError: missing folder or files (all listed). ValueError: corrupt header.
-  """
-  config = make_idx_config(folder, class_names)
-  return IdxFolder(config=config, data_dir=os.fspath(data_dir or paths.tfds_dir()))
+# ``idx_builder(folder, *, class_names=None, data_dir=None)``: class names default to
+# Fashion-MNIST's when the folder name contains 'fashion', else '0'..'9'.
+idx_builder = IdxFolder.from_folder
