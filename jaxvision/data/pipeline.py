@@ -1,0 +1,350 @@
+"""Classification datasets: resolution by name, and deterministic host-local batch iterators.
+
+``get_dataset(name)`` resolves a name to a prepared TFDS builder and a :class:`DatasetInfo`:
+
+=================  ==========================================================================
+name               source
+=================  ==========================================================================
+``digits``         scikit-learn's 8x8 digits (our builder; train 1437 / test 360)
+``mnist``          ``data_dir`` as an IDX folder if given; else ``$JAXVISION_DATA_DIR/mnist``
+                   if it exists; else the TFDS catalog ``mnist`` (download)
+``fashion_mnist``  same with the IDX folder ``fashion-mnist``
+``cifar10``        same with the folder ``cifar10`` holding CIFAR-10's python version
+                   (``cifar-10-batches-py``, itself or as a subfolder); else the TFDS catalog
+``idx:<folder>``   any MNIST-layout IDX folder
+=================  ==========================================================================
+
+Our builders write prepared records under ``paths.tfds_dir()``; catalog datasets use TFDS's
+own data dir (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
+
+Iterators load the decoded split once into memory and drive a ``tf.data`` pipeline over
+example indices:
+
+* :func:`make_train_iterator`: infinite, shuffled per epoch (remainder dropped), augmented with
+  stateless randomness. The batch at global step ``k`` is a function of ``(seed, k)`` only:
+  epoch ``e = k // steps_per_epoch`` uses the permutation keyed by ``(seed, e)`` and the example
+  at position ``j`` of global batch ``k`` is augmented with the key ``(seed, k, j)``. So
+  ``start_step=K`` resumes exactly, and with ``process_count`` hosts process ``p`` yields rows
+  ``[p * B_local, (p + 1) * B_local)`` of every global batch.
+* :func:`make_eval_iterator`: one pass in order over every example, the last global batch
+  zero-padded with ``mask`` False; every process yields the same number of batches.
+
+Batches are dicts of NumPy arrays: ``image`` float32 ``[B_local, H', W', C']`` (the shape after
+``pp``; the dtype is cast to float32 without rescaling), ``label`` int32 ``[B_local]``, and for
+evaluation ``mask`` bool ``[B_local]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+from collections.abc import Iterator
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from jaxvision.data import paths
+from jaxvision.data import preprocess
+from jaxvision.data.builders import cifar as cifar_lib
+from jaxvision.data.builders import digits as digits_lib
+from jaxvision.data.builders import idx as idx_lib
+
+KNOWN_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "idx:<folder>")
+# Dataset name -> (folder name under the data root, builder factory, class names).
+_FOLDER_DATASETS = {
+    "mnist": ("mnist", idx_lib.idx_builder, idx_lib.DIGIT_CLASS_NAMES),
+    "fashion_mnist": ("fashion-mnist", idx_lib.idx_builder, idx_lib.FASHION_MNIST_CLASS_NAMES),
+    "cifar10": ("cifar10", cifar_lib.cifar_builder, cifar_lib.CLASS_NAMES),
+}
+_MAX_EPOCHS = 2**40
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What a training loop needs to know about a classification dataset."""
+
+  name: str                            # 'digits', 'mnist', 'fashion_mnist', 'cifar10', 'idx:<folder>'
+  source: str                          # e.g. 'sklearn digits', 'IDX folder /x/mnist', 'TFDS catalog mnist'
+  num_classes: int
+  class_names: tuple[str, ...]
+  image_shape: tuple[int, int, int]    # HWC of the stored images
+  num_examples: dict[str, int]         # per split name, e.g. {'train': 60000, 'test': 10000}
+
+
+def _info_from_builder(builder: tfds.core.DatasetBuilder, name: str, source: str) -> DatasetInfo:
+  features = builder.info.features
+  image, label = features["image"], features["label"]
+  return DatasetInfo(
+      name=name,
+      source=source,
+      num_classes=int(label.num_classes),
+      class_names=tuple(label.names),
+      image_shape=tuple(int(d) for d in image.shape),
+      num_examples={s: int(v.num_examples) for s, v in builder.info.splits.items()},
+  )
+
+
+def _prepare_local(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
+  builder.download_and_prepare()
+  return builder
+
+
+def _catalog_builder(name: str) -> tfds.core.DatasetBuilder:
+  """``tfds.builder(name)`` downloaded and prepared (needs network on first use)."""
+  builder = tfds.builder(name)
+  builder.download_and_prepare()
+  return builder
+
+
+def _from_catalog(name: str, local_hint: str) -> tfds.core.DatasetBuilder:
+  try:
+    return _catalog_builder(name)
+  except Exception as e:  # pylint: disable=broad-except
+    raise FileNotFoundError(
+        f"dataset {name!r}: {local_hint}, and preparing the TFDS catalog dataset {name!r} "
+        f"failed ({type(e).__name__}: {e}). Provide the data locally (set "
+        f"${paths.ENV_VAR} to the data root) or make the TFDS download work.") from e
+
+
+def get_dataset(name: str, *,
+                data_dir: str | os.PathLike | None = None
+                ) -> tuple[tfds.core.DatasetBuilder, DatasetInfo]:
+  """Resolves ``name`` to a prepared TFDS builder and its :class:`DatasetInfo`.
+
+  Args:
+    name: 'digits', 'mnist', 'fashion_mnist', 'cifar10' or 'idx:<folder>' (see module doc).
+    data_dir: for 'mnist', 'fashion_mnist' and 'cifar10', the local folder to read (it must
+      be complete); not accepted for 'digits' and 'idx:<folder>'.
+
+  Returns:
+    ``(builder, info)``; the builder is prepared (records written) and ready for
+    ``as_dataset``.
+
+  Raises:
+    ValueError: unknown name (the known names are listed) or a ``data_dir`` that means nothing
+      for ``name``.
+    FileNotFoundError: a local folder that is missing or incomplete (missing files listed),
+      or no local folder and a failed catalog download.
+  """
+  if name == "digits" or name.startswith("idx:"):
+    if data_dir is not None:
+      raise ValueError(f"dataset {name!r} takes no data_dir (got {data_dir!r}); prepared "
+                       f"records go to ${paths.TFDS_ENV_VAR} ({paths.tfds_dir()})")
+    if name == "digits":
+      builder = _prepare_local(digits_lib.digits_builder())
+      return builder, _info_from_builder(builder, name, "sklearn digits")
+    folder = name[len("idx:"):]
+    if not folder:
+      raise ValueError("dataset 'idx:<folder>' needs a folder, e.g. 'idx:/data/mnist'")
+    builder = _prepare_local(idx_lib.idx_builder(folder))
+    return builder, _info_from_builder(builder, name, builder.builder_config.description)
+
+  if name in _FOLDER_DATASETS:
+    folder_name, make_builder, class_names = _FOLDER_DATASETS[name]
+    folder = data_dir if data_dir is not None else paths.local_dataset_dir(folder_name)
+    if data_dir is not None or os.path.exists(folder):
+      builder = _prepare_local(make_builder(folder, class_names=class_names))
+      source = builder.builder_config.description  # e.g. 'IDX folder /data/mnist'
+    else:
+      builder = _from_catalog(name, f"the local folder {folder} was not found")
+      source = f"TFDS catalog {name}"
+    return builder, _info_from_builder(builder, name, source)
+
+  raise ValueError(f"unknown dataset {name!r}; known: {', '.join(KNOWN_DATASETS)}")
+
+
+def split_size(info: DatasetInfo, split: str) -> int:
+  """Number of examples in ``split``; TFDS slicing like ``'train[:90%]'`` is supported."""
+  if split in info.num_examples:
+    return info.num_examples[split]
+  split_infos = {k: types.SimpleNamespace(num_examples=v) for k, v in info.num_examples.items()}
+  try:
+    instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(split_infos)
+  except (ValueError, AttributeError, AssertionError) as e:
+    raise ValueError(f"dataset {info.name!r}: bad split {split!r} ({e}); splits: "
+                     f"{sorted(info.num_examples)}") from None
+  total = 0
+  for ins in instructions:
+    n = info.num_examples[ins.splitname]
+    total += (n if ins.to is None else ins.to) - (ins.from_ or 0)
+  return total
+
+
+def steps_per_epoch(info: DatasetInfo, split: str, global_batch_size: int) -> int:
+  """``N // global_batch_size``: full global batches per epoch (the remainder is dropped)."""
+  n = split_size(info, split)
+  if global_batch_size <= 0:
+    raise ValueError(f"global_batch_size must be > 0, got {global_batch_size}")
+  steps = n // global_batch_size
+  if steps == 0:
+    raise ValueError(f"global_batch_size {global_batch_size} is larger than split {split!r} of "
+                     f"dataset {info.name!r} ({n} examples)")
+  return steps
+
+
+def _local_batch(global_batch_size: int, process_index: int | None,
+                 process_count: int | None) -> tuple[int, int, int]:
+  """Returns ``(process_index, process_count, local_batch_size)`` after validation."""
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if process_count <= 0 or not 0 <= process_index < process_count:
+    raise ValueError(f"bad process_index {process_index} for process_count {process_count}")
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise ValueError(f"global_batch_size {global_batch_size} must be a positive multiple of the "
+                     f"process count {process_count}")
+  return process_index, process_count, global_batch_size // process_count
+
+
+def _load_split(builder: tfds.core.DatasetBuilder, info: DatasetInfo,
+                split: str) -> tuple[np.ndarray, np.ndarray]:
+  """The decoded split in stored order: images ``[N, H, W, C]`` and int32 labels ``[N]``."""
+  expected = split_size(info, split)
+  ds = builder.as_dataset(split=split, batch_size=-1, shuffle_files=False)
+  arrays = tfds.as_numpy(ds)
+  images, labels = arrays["image"], arrays["label"].astype(np.int32)
+  if len(labels) != expected:
+    raise ValueError(f"dataset {info.name!r}: split {split!r} has {len(labels)} examples but its "
+                     f"info says {expected}")
+  return images, labels
+
+
+def _base_key(seed: int) -> tf.Tensor:
+  if not isinstance(seed, (int, np.integer)) or not -2**63 <= int(seed) < 2**63:
+    raise ValueError(f"seed must be an int64, got {seed!r}")
+  return tf.constant([0, int(seed)], tf.int64)
+
+
+def _fold_in(key: tf.Tensor, data) -> tf.Tensor:
+  return tf.random.experimental.stateless_fold_in(key, tf.cast(data, tf.int64),
+                                                  alg=preprocess.RNG_ALG)
+
+
+def _example_fn(images: np.ndarray, labels: np.ndarray, pp: str):
+  """Returns ``fn(index, rng) -> {'image': float32, 'label': int32}`` for one example."""
+  pp_fn = preprocess.parse(pp)
+  images_t = tf.constant(images)
+  labels_t = tf.constant(labels)
+
+  def fn(index, rng):
+    out = pp_fn({"image": tf.gather(images_t, index), "label": tf.gather(labels_t, index)}, rng)
+    return {"image": tf.cast(out["image"], tf.float32), "label": tf.cast(out["label"], tf.int32)}
+
+  return fn
+
+
+def _numpy_iterator(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
+  options = tf.data.Options()
+  options.deterministic = True
+  return iter(tfds.as_numpy(ds.with_options(options)))
+
+
+def make_train_iterator(builder: tfds.core.DatasetBuilder, info: DatasetInfo, *, split: str,
+                        global_batch_size: int, pp: str, seed: int, start_step: int = 0,
+                        process_index: int | None = None, process_count: int | None = None
+                        ) -> Iterator[dict[str, np.ndarray]]:
+  """Infinite iterator of this host's training batches (see the module docstring).
+
+  Args:
+    builder, info: from :func:`get_dataset`.
+    split: split name (TFDS slicing allowed, e.g. ``'train[:90%]'``).
+    global_batch_size: batch size over all processes; a multiple of ``process_count``.
+    pp: preprocessing spec (``preprocess.parse``), e.g. ``'random_crop(28, pad=2)|value_range(0, 1)'``.
+    seed: int64 seed of the shuffling and augmentation.
+    start_step: global step of the first batch (resume): the iterator yields exactly what an
+      uninterrupted one yields from its ``start_step``-th batch, without replaying earlier ones.
+    process_index, process_count: default ``jax.process_index()`` / ``jax.process_count()``.
+
+  Yields:
+    ``{'image': float32 [B_local, H', W', C'], 'label': int32 [B_local]}`` with
+    ``B_local = global_batch_size // process_count``.
+  """
+  p, _, local = _local_batch(global_batch_size, process_index, process_count)
+  spe = steps_per_epoch(info, split, global_batch_size)
+  if start_step < 0:
+    raise ValueError(f"start_step must be >= 0, got {start_step}")
+  images, labels = _load_split(builder, info, split)
+  n = len(labels)
+  key = _base_key(seed)
+  perm_key, aug_key = _fold_in(key, 0), _fold_in(key, 1)
+  example = _example_fn(images, labels, pp)
+
+  def epoch_elements(epoch):
+    # One shuffled epoch as (global step, position in the global batch, example index).
+    perm = tf.random.experimental.stateless_shuffle(
+        tf.range(n, dtype=tf.int64), seed=_fold_in(perm_key, epoch), alg=preprocess.RNG_ALG)
+    rows = tf.reshape(perm[:spe * global_batch_size], [spe, global_batch_size])
+    index = rows[:, p * local:(p + 1) * local]                                  # [spe, local]
+    step = epoch * spe + tf.range(spe, dtype=tf.int64)[:, None] + tf.zeros_like(index)
+    pos = p * local + tf.range(local, dtype=tf.int64)[None, :] + tf.zeros_like(index)
+    return tf.data.Dataset.from_tensor_slices(
+        tuple(tf.reshape(t, [-1]) for t in (step, pos, index)))
+
+  def load(step, pos, index):
+    return example(index, _fold_in(_fold_in(aug_key, step), pos))
+
+  start_epoch, offset = divmod(start_step, spe)
+  ds = tf.data.Dataset.range(start_epoch, _MAX_EPOCHS).flat_map(epoch_elements)
+  ds = ds.skip(offset * local)
+  ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return _numpy_iterator(ds)
+
+
+class EvalIterable:
+  """Re-iterable evaluation batches: ``len()`` batches per pass, each pass in the same order."""
+
+  def __init__(self, make_dataset, num_batches: int, num_examples: int):
+    self._make_dataset = make_dataset
+    self.num_batches = num_batches
+    self.num_examples = num_examples
+
+  def __len__(self) -> int:
+    return self.num_batches
+
+  def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+    return _numpy_iterator(self._make_dataset())
+
+
+def make_eval_iterator(builder: tfds.core.DatasetBuilder, info: DatasetInfo, *, split: str,
+                       global_batch_size: int, pp: str, process_index: int | None = None,
+                       process_count: int | None = None) -> EvalIterable:
+  """Batches visiting every example of ``split`` exactly once over all processes.
+
+  There are ``ceil(N / global_batch_size)`` global batches, the same for every process; process
+  ``p`` gets rows ``[p * B_local, (p + 1) * B_local)`` of each. Padding rows (past the end of the
+  split) have zero ``image`` and ``label`` and ``mask`` False. ``pp`` is applied with a per-example
+  fixed rng, so even a random op gives the same result on every pass.
+
+  Yields (per iteration of the returned iterable):
+    ``{'image': float32 [B_local, ...], 'label': int32 [B_local], 'mask': bool [B_local]}``.
+  """
+  p, _, local = _local_batch(global_batch_size, process_index, process_count)
+  images, labels = _load_split(builder, info, split)
+  n = len(labels)
+  if n == 0:
+    raise ValueError(f"split {split!r} of dataset {info.name!r} is empty")
+  num_batches = -(-n // global_batch_size)
+  # Global position of each of this process's rows: [num_batches * local].
+  batch_start = np.arange(num_batches, dtype=np.int64)[:, None] * global_batch_size
+  positions = (batch_start + p * local + np.arange(local, dtype=np.int64)[None, :]).reshape(-1)
+  example = _example_fn(images, labels, pp)
+  key = _fold_in(_base_key(0), 2)
+
+  def load(position):
+    valid = position < n
+    out = example(tf.minimum(position, n - 1), _fold_in(key, position))
+    return {
+        "image": tf.where(valid, out["image"], tf.zeros_like(out["image"])),
+        "label": tf.where(valid, out["label"], tf.zeros_like(out["label"])),
+        "mask": valid,
+    }
+
+  def make_dataset():
+    ds = tf.data.Dataset.from_tensor_slices(positions)
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.batch(local, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+
+  return EvalIterable(make_dataset, num_batches, n)
