@@ -62,6 +62,8 @@ def _greedy_nms(boxes: Array, scores: Array, candidates: Array, classes: Optiona
                 iou_threshold, max_output: int) -> Tuple[Array, Array]:
   """Core loop. boxes [N, 4], scores [N], candidates [N] bool, classes [N] int or None."""
   n = boxes.shape[0]
+  if n == 0 or max_output == 0:
+    return jnp.full((max_output,), -1, jnp.int32), jnp.int32(0)
   # Stable sort on descending score: equal scores keep index order (lower index first).
   order = jnp.argsort(scores, descending=True, stable=True).astype(jnp.int32)  # [N]
   sorted_boxes = boxes[order]  # [N, 4]

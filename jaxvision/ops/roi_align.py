@@ -25,9 +25,11 @@ array and gathers each box from its own level with a per-box offset, so it costs
 single-level call (no per-level ``K x L`` work, no dynamic shapes).
 """
 
+import functools
 import math
 from typing import Optional, Sequence, Tuple, Union
 
+import jax
 import jax.numpy as jnp
 
 Array = jnp.ndarray
@@ -185,6 +187,8 @@ def _check_features(features: Array, name: str = "features") -> Array:
   return features
 
 
+@functools.partial(jax.jit, static_argnames=("output_size", "sampling_ratio", "aligned",
+                                             "max_sampling_ratio"))
 def roi_align(features: Array, boxes: Array, box_batch_index: Optional[Array] = None, *,
               output_size: Size2, spatial_scale: float = 1.0, sampling_ratio: int = 2,
               aligned: bool = True, max_sampling_ratio: Optional[int] = None) -> Array:
@@ -198,7 +202,7 @@ def roi_align(features: Array, boxes: Array, box_batch_index: Optional[Array] = 
     box_batch_index: ``[K]`` int image index of each box, in ``[0, B)`` (out-of-range indices
       are clamped by the gather, not checked).
     output_size: ``out_h`` or ``(out_h, out_w)``.
-    spatial_scale: feature-map size / image size, e.g. 1/16.
+    spatial_scale: feature-map size / image size, e.g. 1/16 (a traced value is fine).
     sampling_ratio: samples per bin along each axis if > 0. If <= 0, torchvision's adaptive
       ``ceil(roi_h / out_h)`` x ``ceil(roi_w / out_w)`` samples, capped at
       ``max_sampling_ratio`` (required then, since shapes are static; where the cap binds the
@@ -216,10 +220,10 @@ def roi_align(features: Array, boxes: Array, box_batch_index: Optional[Array] = 
   flat_boxes, index, batched = _flatten_boxes(boxes, box_batch_index, b)
   k = flat_boxes.shape[0]
   full = lambda v, dt: jnp.full((k,), v, dt)  # noqa: E731
+  scale = jnp.broadcast_to(jnp.asarray(spatial_scale, jnp.float32), (k,))
   out = _roi_align_flat(features.reshape(b, h * w, c), flat_boxes, index,
                         full(h, jnp.int32), full(w, jnp.int32), full(0, jnp.int32),
-                        full(spatial_scale, jnp.float32), output_size, sampling_ratio,
-                        max_sampling_ratio, aligned)
+                        scale, output_size, sampling_ratio, max_sampling_ratio, aligned)
   return out if batched is None else out.reshape(batched + out.shape[1:])
 
 
@@ -265,6 +269,9 @@ def _levels_from_scales(spatial_scales: Sequence[float]) -> Tuple[int, int]:
   return k_min, k_min + len(levels) - 1
 
 
+@functools.partial(jax.jit, static_argnames=("output_size", "spatial_scales", "sampling_ratio",
+                                             "aligned", "canonical_scale", "canonical_level",
+                                             "max_sampling_ratio"))
 def multilevel_roi_align(features: Sequence[Array], boxes: Array,
                          box_batch_index: Optional[Array] = None, *, output_size: Size2,
                          spatial_scales: Sequence[float], sampling_ratio: int = 2,
@@ -279,8 +286,8 @@ def multilevel_roi_align(features: Sequence[Array], boxes: Array,
     box_batch_index: as in :func:`roi_align`.
     output_size: ``out_h`` or ``(out_h, out_w)``.
     spatial_scales: ``L`` scales ``2**-k`` of consecutive levels ``k``, finest first, e.g.
-      ``(1/4, 1/8, 1/16, 1/32)``; level numbers ``k_min..k_max`` come from them (as
-      torchvision's ``MultiScaleRoIAlign``).
+      ``(1/4, 1/8, 1/16, 1/32)`` (static, a tuple); level numbers ``k_min..k_max`` come from
+      them (as torchvision's ``MultiScaleRoIAlign``).
     sampling_ratio, aligned, max_sampling_ratio: as in :func:`roi_align`.
     canonical_scale, canonical_level: as in :func:`assign_fpn_levels`.
 
