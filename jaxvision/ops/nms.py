@@ -9,6 +9,8 @@ Semantics (the same as ``tf.image.non_max_suppression`` for well-formed boxes):
 * A candidate is dropped when its IoU with an already selected box is **strictly greater** than
   ``iou_threshold`` (IoU == threshold is kept, as in TF).
 * With ``score_threshold`` only boxes whose score is **strictly greater** are candidates (as TF).
+  Without it every box is a candidate; NaN and -inf scores then rank as the lowest finite score
+  (TF's default threshold of -inf drops -inf scores instead).
 * Output is padded: ``indices [max_output]`` int32 holding the selected indices in selection
   order (decreasing score) followed by -1, and ``num_valid`` int32, the number of real entries.
 
@@ -16,10 +18,11 @@ Shapes are static, so a function compiles once per ``(N, max_output)``; threshol
 values and may change between calls without recompiling. Everything works under ``vmap`` for a
 batch of images (``[B, N, 4]`` boxes give ``[B, max_output]`` indices and ``[B]`` counts).
 
-Formulation: one stable sort by score, then a ``lax.while_loop`` that runs once per *selected*
-box (at most ``max_output`` times, not ``N``): take the first surviving candidate, compute its
-IoU row against all sorted boxes (``O(N)``) and clear the survivors it suppresses. Total work is
-``O(N log N + max_output * N)`` with ``O(N)`` memory; no ``N x N`` IoU matrix is built.
+Formulation: a ``lax.while_loop`` that runs once per *selected* box (at most ``max_output``
+times, not ``N``): the first maximum of the surviving scores is the next box (hence lower index
+on ties); its IoU row against all boxes (``O(N)``) clears the survivors it suppresses. Total work
+is ``O(max_output * N)`` with ``O(N)`` memory: no sort (XLA's sort alone costs more than the
+whole loop on CPU for N = 1000) and no ``N x N`` IoU matrix.
 """
 
 import functools
@@ -46,16 +49,28 @@ def _check_inputs(boxes: Array, scores: Array, max_output: int) -> Tuple[Array, 
   return boxes, scores
 
 
-def _iou_row(box: Array, boxes: Array) -> Array:
-  """IoU of one xyxy box [4] with boxes [N, 4] -> [N]; 0 where the union is empty."""
-  area = jnp.maximum(box[2] - box[0], 0.0) * jnp.maximum(box[3] - box[1], 0.0)
-  areas = (jnp.maximum(boxes[:, 2] - boxes[:, 0], 0.0) *
-           jnp.maximum(boxes[:, 3] - boxes[:, 1], 0.0))  # [N]
-  w = jnp.maximum(jnp.minimum(box[2], boxes[:, 2]) - jnp.maximum(box[0], boxes[:, 0]), 0.0)
-  h = jnp.maximum(jnp.minimum(box[3], boxes[:, 3]) - jnp.maximum(box[1], boxes[:, 1]), 0.0)
+def _iou_row(coords: Array, areas: Array, j: Array) -> Array:
+  """IoU of box ``j`` with all boxes -> [N]; 0 where the union is empty.
+
+  ``coords`` is ``[4, N]`` (rows x1, y1, x2, y2: contiguous for vector code) and ``areas`` [N].
+  """
+  x1, y1, x2, y2 = coords
+  w = jnp.maximum(jnp.minimum(x2[j], x2) - jnp.maximum(x1[j], x1), 0.0)
+  h = jnp.maximum(jnp.minimum(y2[j], y2) - jnp.maximum(y1[j], y1), 0.0)
   inter = w * h  # [N]
-  union = area + areas - inter
+  union = areas[j] + areas - inter
   return jnp.where(union > 0, inter / jnp.where(union > 0, union, 1.0), 0.0)
+
+
+def _first_max(key: Array) -> Array:
+  """Index of the first maximum of [N] ``key`` (int32 scalar).
+
+  Same as ``argmax`` but a max plus an int min: plain reductions, together about 2.5x faster on
+  XLA:CPU inside the loop than argmax's variadic (value, index) reduction.
+  """
+  n = key.shape[0]
+  iota = jnp.arange(n, dtype=jnp.int32)
+  return jnp.min(jnp.where(key == key.max(), iota, n - 1))
 
 
 def _greedy_nms(boxes: Array, scores: Array, candidates: Array, classes: Optional[Array],
@@ -64,29 +79,33 @@ def _greedy_nms(boxes: Array, scores: Array, candidates: Array, classes: Optiona
   n = boxes.shape[0]
   if n == 0 or max_output == 0:
     return jnp.full((max_output,), -1, jnp.int32), jnp.int32(0)
-  # Stable sort on descending score: equal scores keep index order (lower index first).
-  order = jnp.argsort(scores, descending=True, stable=True).astype(jnp.int32)  # [N]
-  sorted_boxes = boxes[order]  # [N, 4]
-  alive = candidates[order]  # [N] survivors, in sorted order
-  sorted_classes = None if classes is None else classes[order]  # [N]
+  dtype = jnp.promote_types(scores.dtype, jnp.float32)
+  lowest = jnp.finfo(dtype).min
+  # Survivors carry their score (NaN and -inf raised to the lowest finite value), the rest -inf,
+  # so the first maximum of `key` is the next box: highest score, lowest index on ties.
+  key = jnp.where(jnp.isnan(scores), lowest, jnp.maximum(scores.astype(dtype), lowest))
+  key = jnp.where(candidates, key, -jnp.inf)  # [N]
+  iou_threshold = jnp.asarray(iou_threshold, boxes.dtype)
+  coords = boxes.T  # [4, N]
+  areas = (jnp.maximum(coords[2] - coords[0], 0.0) *
+           jnp.maximum(coords[3] - coords[1], 0.0))  # [N]
   selected = jnp.full((max_output,), -1, jnp.int32)
-  iou_threshold = jnp.asarray(iou_threshold, sorted_boxes.dtype)
 
   def cond(state):
-    count, _, alive = state
-    return (count < max_output) & jnp.any(alive)
+    count, _, key, j = state
+    return (count < max_output) & (key[j] > -jnp.inf)
 
   def body(state):
-    count, selected, alive = state
-    j = jnp.argmax(alive)  # first survivor: highest score, lowest index on ties
-    selected = selected.at[count].set(order[j])
-    suppress = _iou_row(sorted_boxes[j], sorted_boxes) > iou_threshold  # [N]
-    if sorted_classes is not None:
-      suppress &= sorted_classes == sorted_classes[j]
-    alive = alive & ~suppress & (jnp.arange(n) != j)
-    return count + 1, selected, alive
+    count, selected, key, j = state
+    selected = selected.at[count].set(j)
+    suppress = _iou_row(coords, areas, j) > iou_threshold  # [N]
+    if classes is not None:
+      suppress &= classes == classes[j]
+    key = jnp.where(suppress | (jnp.arange(n) == j), -jnp.inf, key)
+    return count + 1, selected, key, _first_max(key)
 
-  count, selected, _ = lax.while_loop(cond, body, (jnp.int32(0), selected, alive))
+  init = (jnp.int32(0), selected, key, _first_max(key))
+  count, selected, _, _ = lax.while_loop(cond, body, init)
   return selected, count
 
 

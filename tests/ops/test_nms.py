@@ -94,6 +94,15 @@ def test_degenerate_boxes_do_not_suppress():
   np.testing.assert_array_equal(valid(idx, count), tf_nms(boxes, scores, 0.0, 3))
 
 
+def test_nan_and_inf_scores_rank_lowest():
+  boxes = np.array([[0, 0, 1, 1], [2, 2, 3, 3], [4, 4, 5, 5], [6, 6, 7, 7]], np.float32)
+  scores = np.array([np.nan, 0.5, -np.inf, -3.0], np.float32)
+  idx, count = ops.nms(boxes, scores, iou_threshold=0.5, max_output=4)
+  np.testing.assert_array_equal(idx, [1, 3, 0, 2])  # NaN and -inf tie as lowest: index order
+  idx, count = ops.nms(boxes, scores, iou_threshold=0.5, max_output=4, score_threshold=-10.0)
+  np.testing.assert_array_equal(valid(idx, count), [1, 3])
+
+
 def per_class_tf(boxes, scores, classes, iou_threshold, max_output):
   keep = []
   for c in np.unique(classes):
