@@ -34,7 +34,7 @@ WARMUP = 3
 
 
 def make_boxes(n: int, seed: int = 0, image_size: float = 1000.0):
-  """Detection-like xyxy boxes: clusters of overlapping boxes plus scattered ones; distinct scores."""
+  """Detection-like xyxy boxes: clusters of overlapping boxes; distinct scores."""
   rng = np.random.default_rng(seed)
   centres = rng.uniform(0.1 * image_size, 0.9 * image_size, (max(n // 20, 1), 2))
   c = centres[rng.integers(0, len(centres), n)] + rng.normal(0, 0.02 * image_size, (n, 2))

@@ -187,8 +187,6 @@ def _check_features(features: Array, name: str = "features") -> Array:
   return features
 
 
-@functools.partial(jax.jit, static_argnames=("output_size", "sampling_ratio", "aligned",
-                                             "max_sampling_ratio"))
 def roi_align(features: Array, boxes: Array, box_batch_index: Optional[Array] = None, *,
               output_size: Size2, spatial_scale: float = 1.0, sampling_ratio: int = 2,
               aligned: bool = True, max_sampling_ratio: Optional[int] = None) -> Array:
@@ -215,6 +213,15 @@ def roi_align(features: Array, boxes: Array, box_batch_index: Optional[Array] = 
     features' dtype (computed in at least float32).
   """
   output_size = _check_common(output_size, sampling_ratio, max_sampling_ratio)
+  return _roi_align_jit(features, boxes, box_batch_index, output_size=output_size,
+                        spatial_scale=spatial_scale, sampling_ratio=sampling_ratio,
+                        aligned=bool(aligned), max_sampling_ratio=max_sampling_ratio)
+
+
+@functools.partial(jax.jit, static_argnames=("output_size", "sampling_ratio", "aligned",
+                                             "max_sampling_ratio"))
+def _roi_align_jit(features, boxes, box_batch_index, *, output_size, spatial_scale,
+                   sampling_ratio, aligned, max_sampling_ratio):
   features = _check_features(features)
   b, h, w, c = features.shape
   flat_boxes, index, batched = _flatten_boxes(boxes, box_batch_index, b)
@@ -269,9 +276,6 @@ def _levels_from_scales(spatial_scales: Sequence[float]) -> Tuple[int, int]:
   return k_min, k_min + len(levels) - 1
 
 
-@functools.partial(jax.jit, static_argnames=("output_size", "spatial_scales", "sampling_ratio",
-                                             "aligned", "canonical_scale", "canonical_level",
-                                             "max_sampling_ratio"))
 def multilevel_roi_align(features: Sequence[Array], boxes: Array,
                          box_batch_index: Optional[Array] = None, *, output_size: Size2,
                          spatial_scales: Sequence[float], sampling_ratio: int = 2,
@@ -286,8 +290,8 @@ def multilevel_roi_align(features: Sequence[Array], boxes: Array,
     box_batch_index: as in :func:`roi_align`.
     output_size: ``out_h`` or ``(out_h, out_w)``.
     spatial_scales: ``L`` scales ``2**-k`` of consecutive levels ``k``, finest first, e.g.
-      ``(1/4, 1/8, 1/16, 1/32)`` (static, a tuple); level numbers ``k_min..k_max`` come from
-      them (as torchvision's ``MultiScaleRoIAlign``).
+      ``(1/4, 1/8, 1/16, 1/32)`` (static Python numbers); level numbers ``k_min..k_max``
+      come from them (as torchvision's ``MultiScaleRoIAlign``).
     sampling_ratio, aligned, max_sampling_ratio: as in :func:`roi_align`.
     canonical_scale, canonical_level: as in :func:`assign_fpn_levels`.
 
@@ -295,6 +299,20 @@ def multilevel_roi_align(features: Sequence[Array], boxes: Array,
     ``[K, out_h, out_w, C]`` (or ``[B, K, out_h, out_w, C]`` for the batched box form).
   """
   output_size = _check_common(output_size, sampling_ratio, max_sampling_ratio)
+  return _multilevel_jit(list(features), boxes, box_batch_index, output_size=output_size,
+                         spatial_scales=tuple(float(x) for x in spatial_scales),
+                         sampling_ratio=sampling_ratio, aligned=bool(aligned),
+                         canonical_scale=float(canonical_scale),
+                         canonical_level=int(canonical_level),
+                         max_sampling_ratio=max_sampling_ratio)
+
+
+@functools.partial(jax.jit, static_argnames=("output_size", "spatial_scales", "sampling_ratio",
+                                             "aligned", "canonical_scale", "canonical_level",
+                                             "max_sampling_ratio"))
+def _multilevel_jit(features, boxes, box_batch_index, *, output_size, spatial_scales,
+                    sampling_ratio, aligned, canonical_scale, canonical_level,
+                    max_sampling_ratio):
   features = [_check_features(f, f"features[{i}]") for i, f in enumerate(features)]
   if not features or len(features) != len(spatial_scales):
     raise ValueError(f"need one spatial scale per feature level; got {len(features)} levels and "

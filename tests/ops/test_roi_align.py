@@ -112,6 +112,9 @@ def test_batched_box_form_and_jit():
   for b in range(2):
     ref = ref_roi_align(feats, boxes[b], [b] * 3, 2, 2, 0.5, 2, True)
     np.testing.assert_allclose(out[b], ref, atol=1e-5, rtol=1e-5)
+  per_image = jax.vmap(lambda f, b: ops.roi_align(f[None], b, jnp.zeros(3, jnp.int32),
+                                                  output_size=2, spatial_scale=0.5))
+  np.testing.assert_allclose(per_image(feats, boxes), out, atol=1e-6)
 
 
 def test_gradient_wrt_features():
@@ -160,6 +163,10 @@ def test_multilevel_pools_each_box_from_its_level():
   out = jax.jit(lambda f, b, i: ops.multilevel_roi_align(
       f, b, i, output_size=(2, 3), spatial_scales=scales, canonical_scale=64,
       canonical_level=3))(feats, boxes, index)
+  eager = ops.multilevel_roi_align(feats, boxes, index, output_size=[2, 3],
+                                   spatial_scales=list(scales), canonical_scale=64,
+                                   canonical_level=3)  # lists are fine outside jit too
+  np.testing.assert_allclose(eager, out, atol=1e-6)
   area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
   levels = np.clip(np.floor(3 + np.log2(np.sqrt(area) / 64) + 1e-6), 2, 4).astype(int)
   assert len(set(levels.tolist())) == 3  # the boxes cover every level
