@@ -10,7 +10,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -27,6 +27,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not FLAGS["verbosity"].present:  # Orbax and TFDS log every save at INFO; -v 0 restores it.
+    logging.set_verbosity(logging.WARNING)
   import tensorflow as tf
   tf.config.set_visible_devices([], "GPU")  # tf.data only; keep the accelerators for JAX.
   config = FLAGS.config
