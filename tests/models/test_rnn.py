@@ -391,7 +391,8 @@ def test_forecaster_small_output_grads_and_state_handoff():
     assert np.isfinite(np.asarray(g)).all(), path
   # Encoder parameters reach the loss only through the states handed to the forecaster.
   for name in ['stem_0', 'encoder_0', 'encoder_1', 'forecaster_0', 'forecaster_1', 'up_0']:
-    assert sum(np.abs(np.asarray(g)).sum() for g in jax.tree_util.tree_leaves(grads[name])) > 0, name
+    total = sum(np.abs(np.asarray(g)).sum() for g in jax.tree_util.tree_leaves(grads[name]))
+    assert total > 0, name
 
 
 def test_forecaster_bad_inputs():
