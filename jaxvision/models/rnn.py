@@ -199,8 +199,10 @@ class RowLSTMClassifier(SequenceClassifier):
   ``(logits [B, num_classes], {'pre_logits': [B, D], 'sequence': [B, H, D]})``, so an image
   classification trainer can train it unchanged.
 
-  The defaults (2-layer bidirectional LSTM with 128 units, last-state pooling, D = 256) are
-  sized for row-by-row MNIST to reach >= 99% test accuracy with Adam (lr ~1e-3).
+  The defaults (2-layer bidirectional LSTM with 128 units, last-state pooling, D = 256,
+  558k parameters) are the size usually reported to reach >= 99% on row-by-row MNIST with
+  Adam (lr ~1e-3, batch 128, ~10 epochs); here 200 steps reached ~94% (full runs not yet
+  measured). ``bidirectional=False`` (213k parameters) is ~2x cheaper per step.
   """
 
   features: int = 128
