@@ -53,6 +53,20 @@ def length_mask(seq_lengths: Array, num_steps: int) -> Array:
   return jnp.arange(num_steps)[None, :] < seq_lengths[:, None]
 
 
+def depth_to_space(x: Array, block: int) -> Array:
+  """``[N, H, W, block * block * C]`` -> ``[N, H * block, W * block, C]``.
+
+  Channel ``(dy * block + dx) * C + c`` of pixel ``(y, x)`` goes to pixel
+  ``(y * block + dy, x * block + dx)``, channel ``c`` (TensorFlow's ``depth_to_space``, NHWC).
+  """
+  n, h, w, channels = x.shape
+  if channels % (block * block):
+    raise ValueError(f'channels ({channels}) must be divisible by block**2 ({block * block})')
+  c = channels // (block * block)
+  x = x.reshape(n, h, w, block, block, c).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(n, h * block, w * block, c)
+
+
 class StackedRNN(nn.Module):
   """Stacked, optionally bidirectional LSTM/GRU over ``[B, T, F]`` sequences.
 
@@ -217,6 +231,49 @@ class RowLSTMClassifier(SequenceClassifier):
     return x.reshape(b, h, w * c)
 
 
+class SameConv2D(nn.Module):
+  """Stride-1, SAME-padded 2D convolution with ``nn.Conv``'s parameters and initializers.
+
+  ``kernel [kh, kw, C, features]`` (LeCun normal), ``bias [features]`` (zeros); inputs
+  ``[..., H, W, C]`` -> ``[..., H, W, features]``. SAME pads ``(k - 1) // 2`` before and the rest
+  after, as XLA does.
+
+  With ``as_matmul=True`` the convolution is computed as one matmul of the ``kh * kw`` shifted
+  copies of the input (im2col) with the reshaped kernel: the same numbers, but on XLA:CPU the
+  kernel gradient of a convolution inside a ``scan`` is ~25x slower than this matmul form
+  (jax-ml/jax#12868), which makes a ConvLSTM impractical to train on CPU. ``as_matmul=False``
+  uses ``lax.conv_general_dilated`` (e.g. cuDNN on GPU).
+  """
+
+  features: int
+  kernel_size: Sequence[int] = (3, 3)
+  as_matmul: bool = True
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, z: Array) -> Array:
+    if len(self.kernel_size) != 2:
+      raise ValueError(f'kernel_size must be 2D (kh, kw), got {tuple(self.kernel_size)}')
+    kh, kw = self.kernel_size
+    kernel = self.param('kernel', nn.initializers.lecun_normal(),
+                        (kh, kw, z.shape[-1], self.features), self.param_dtype)
+    bias = self.param('bias', nn.initializers.zeros_init(), (self.features,), self.param_dtype)
+    z, kernel, bias = nn.dtypes.promote_dtype(z, kernel, bias, dtype=self.dtype)
+    batch_shape, (height, width, channels) = z.shape[:-3], z.shape[-3:]
+    z = z.reshape(-1, height, width, channels)
+    if self.as_matmul:
+      pads = [((k - 1) // 2, k - 1 - (k - 1) // 2) for k in (kh, kw)]
+      zp = jnp.pad(z, [(0, 0), *pads, (0, 0)])
+      patches = jnp.concatenate([zp[:, dy:dy + height, dx:dx + width]
+                                 for dy in range(kh) for dx in range(kw)], axis=-1)
+      y = patches @ kernel.reshape(kh * kw * channels, self.features)
+    else:
+      y = jax.lax.conv_general_dilated(z, kernel, (1, 1), 'SAME',
+                                       dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return (y + bias).reshape(*batch_shape, height, width, self.features)
+
+
 class ConvLSTMCell(nn.RNNCellBase):
   """Convolutional LSTM cell (Shi et al., 2015) for use with ``nn.RNN``.
 
@@ -231,15 +288,18 @@ class ConvLSTMCell(nn.RNNCellBase):
 
   Attributes:
     features: channels of the state.
-    kernel_size: spatial kernel size of the gate convolution.
+    kernel_size: 2D kernel size of the gate convolution.
     forget_bias: constant added to the forget-gate pre-activation (1.0 keeps memory early
       in training).
+    conv_as_matmul: compute the gate convolution as an im2col matmul (see ``SameConv2D``;
+      much faster to train on CPU); False uses ``lax`` convolution.
     dtype: computation dtype; ``param_dtype`` the parameter dtype.
   """
 
   features: int
   kernel_size: Sequence[int] = (3, 3)
   forget_bias: float = 1.0
+  conv_as_matmul: bool = True
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
 
@@ -256,8 +316,8 @@ class ConvLSTMCell(nn.RNNCellBase):
     """
     c, h = carry
     z = jnp.concatenate([inputs.astype(h.dtype), h], axis=-1)
-    gates = nn.Conv(4 * self.features, tuple(self.kernel_size), padding='SAME',
-                    dtype=self.dtype, param_dtype=self.param_dtype, name='gates')(z)
+    gates = SameConv2D(4 * self.features, tuple(self.kernel_size), self.conv_as_matmul,
+                       dtype=self.dtype, param_dtype=self.param_dtype, name='gates')(z)
     i, f, g, o = jnp.split(gates, 4, axis=-1)
     new_c = nn.sigmoid(f + self.forget_bias) * c + nn.sigmoid(i) * jnp.tanh(g)
     new_h = nn.sigmoid(o) * jnp.tanh(new_c)
@@ -285,7 +345,8 @@ class ConvLSTMForecaster(nn.Module):
      final states (layer ``i`` from encoder layer ``i``) and runs ``num_output_frames`` steps
      on zero inputs.
   4. The concatenated forecaster outputs of all layers are decoded per frame with stride-2
-     transposed convs back to ``H x W`` and a 3x3 conv to ``C`` channels.
+     learned upsamplings (sub-pixel convs, ``depth_to_space``) back to ``H x W`` and a 3x3
+     conv to ``C`` channels.
 
   ``__call__(frames, *, train)`` returns ``(logits, {})``; ``sigmoid(logits)`` are the predicted
   pixel intensities in ``[0, 1]`` (train with sigmoid cross-entropy against targets in
@@ -294,9 +355,10 @@ class ConvLSTMForecaster(nn.Module):
   Attributes:
     num_output_frames: ``T_out``.
     stem_features: channels of the stride-2 downsampling convs (and, reversed, of the
-      upsampling transposed convs).
+      upsampling stages).
     hidden_features: channels of each ConvLSTM layer (encoder and forecaster alike).
     kernel_size: ConvLSTM gate kernel size.
+    conv_as_matmul: ConvLSTM gate convolutions as im2col matmuls (``SameConv2D``).
     dtype: computation dtype.
   """
 
@@ -304,6 +366,7 @@ class ConvLSTMForecaster(nn.Module):
   stem_features: Sequence[int] = (16, 32)
   hidden_features: Sequence[int] = (32, 32)
   kernel_size: Sequence[int] = (3, 3)
+  conv_as_matmul: bool = True
   dtype: Dtype | None = None
 
   @nn.compact
@@ -328,7 +391,8 @@ class ConvLSTMForecaster(nn.Module):
 
     states = []
     for i, feat in enumerate(self.hidden_features):
-      cell = ConvLSTMCell(feat, kernel, dtype=self.dtype, name=f'encoder_{i}')
+      cell = ConvLSTMCell(feat, kernel, conv_as_matmul=self.conv_as_matmul, dtype=self.dtype,
+                          name=f'encoder_{i}')
       carry, y = nn.RNN(cell)(y, return_carry=True)
       states.append(carry)
 
@@ -336,15 +400,19 @@ class ConvLSTMForecaster(nn.Module):
     y = jnp.zeros((b, self.num_output_frames, h, w, 1), y.dtype)
     outputs = []
     for i, feat in enumerate(self.hidden_features):
-      cell = ConvLSTMCell(feat, kernel, dtype=self.dtype, name=f'forecaster_{i}')
+      cell = ConvLSTMCell(feat, kernel, conv_as_matmul=self.conv_as_matmul, dtype=self.dtype,
+                          name=f'forecaster_{i}')
       y = nn.RNN(cell)(y, initial_carry=states[i])
       outputs.append(y)
     y = jnp.concatenate(outputs, axis=-1)  # [B, T_out, h, w, sum(hidden)]
 
     y = y.reshape(b * self.num_output_frames, h, w, y.shape[-1])
     for i, feat in enumerate(reversed(self.stem_features)):
-      y = nn.relu(nn.ConvTranspose(feat, (4, 4), strides=(2, 2), padding='SAME',
-                                   dtype=self.dtype, name=f'up_{i}')(y))
+      # Learned stride-2 upsampling in sub-pixel form: a 3x3 conv to 4 * feat channels, then
+      # each pixel's channels become a 2x2 block. It can express any 4x4 stride-2 transposed
+      # conv and is far cheaper to differentiate on XLA:CPU than nn.ConvTranspose.
+      y = nn.Conv(4 * feat, (3, 3), padding='SAME', dtype=self.dtype, name=f'up_{i}')(y)
+      y = nn.relu(depth_to_space(y, 2))
     logits = nn.Conv(channels, (3, 3), padding='SAME', dtype=self.dtype, name='to_frames')(y)
     logits = logits.reshape(b, self.num_output_frames, height, width, channels)
     return logits, {}

@@ -136,9 +136,11 @@ def test_gru_step_matches_numpy():
   np.testing.assert_allclose(h, h_ref, atol=ATOL)
 
 
+@pytest.mark.parametrize('conv_as_matmul', [True, False])
 @pytest.mark.parametrize('kernel_size', [(3, 3), (5, 3)])
-def test_conv_lstm_step_matches_numpy(kernel_size):
-  cell = rnn.ConvLSTMCell(features=4, kernel_size=kernel_size, forget_bias=1.0)
+def test_conv_lstm_step_matches_numpy(kernel_size, conv_as_matmul):
+  cell = rnn.ConvLSTMCell(features=4, kernel_size=kernel_size, forget_bias=1.0,
+                          conv_as_matmul=conv_as_matmul)
   x = normal((2, 5, 6, 3), 0)
   carry = (normal((2, 5, 6, 4), 1), normal((2, 5, 6, 4), 2))
   params = random_params(cell, carry, x, scale=0.3)
@@ -153,6 +155,19 @@ def test_conv_lstm_step_matches_numpy(kernel_size):
   np.testing.assert_allclose(c, c_ref, atol=ATOL)
   np.testing.assert_allclose(h, h_ref, atol=ATOL)
   np.testing.assert_array_equal(y, h)
+
+
+@pytest.mark.parametrize('kernel_size', [(3, 3), (2, 4)])
+def test_same_conv_matches_flax_conv(kernel_size):
+  x = normal((2, 3, 5, 6, 3), 0)  # Two batch dims.
+  conv = nn.Conv(7, kernel_size, padding='SAME')
+  params = random_params(conv, x)
+  expected = jit_apply(conv)(params, x)
+  for as_matmul in (True, False):
+    ours = rnn.SameConv2D(7, kernel_size, as_matmul=as_matmul)
+    assert jax.tree_util.tree_map(jnp.shape, random_params(ours, x)) == jax.tree_util.tree_map(
+        jnp.shape, params)
+    np.testing.assert_allclose(jit_apply(ours)(params, x), expected, atol=1e-5)
 
 
 def test_conv_lstm_cell_runs_under_nn_rnn():
@@ -354,6 +369,22 @@ def test_bad_inputs_raise_clear_errors():
 
 
 # ----------------------------------------------------------------------------- forecaster
+
+
+def test_depth_to_space_matches_loop():
+  x = normal((2, 3, 4, 2 * 2 * 5), 0)
+  y = np.asarray(rnn.depth_to_space(jnp.asarray(x), 2))
+  assert y.shape == (2, 6, 8, 5)
+  expected = np.zeros((2, 6, 8, 5), np.float32)
+  for i in range(3):
+    for j in range(4):
+      for dy in range(2):
+        for dx in range(2):
+          k = (dy * 2 + dx) * 5
+          expected[:, 2 * i + dy, 2 * j + dx] = x[:, i, j, k:k + 5]
+  np.testing.assert_array_equal(y, expected)
+  with pytest.raises(ValueError, match='divisible by block'):
+    rnn.depth_to_space(jnp.zeros((1, 2, 2, 6)), 2)
 
 
 def test_forecaster_default_shapes():
