@@ -26,15 +26,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 import dataclasses
-import gzip
 import os
 import pathlib
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxvision.data import paths
+from jaxvision.data.builders.idx import read_idx
 
 NUM_INPUT_FRAMES = 10
 NUM_FRAMES = 20
@@ -42,31 +41,6 @@ FRAME_SIZE = 64
 SPEED_RANGE = (2.0, 5.0)  # Pixels per frame.
 TRAIN_IMAGES = 'train-images-idx3-ubyte.gz'
 TEST_IMAGES = 't10k-images-idx3-ubyte.gz'
-
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype('>i2'), 0x0C: np.dtype('>i4'),
-               0x0D: np.dtype('>f4'), 0x0E: np.dtype('>f8')}
-
-
-def _read_idx(path: str | os.PathLike) -> np.ndarray:
-  """Reads a (gzipped if the name ends in ``.gz``) IDX file into an array of its shape."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f'IDX file not found: {path}')
-  opener = gzip.open if path.suffix == '.gz' else open
-  with opener(path, 'rb') as f:
-    data = f.read()
-  if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
-    raise ValueError(f'{path} is not an IDX file: expected magic bytes 00 00 <type> <ndim>, '
-                     f'got {data[:4].hex(" ")}')
-  dtype, ndim = np.dtype(_IDX_DTYPES[data[2]]), data[3]
-  shape = tuple(int(d) for d in np.frombuffer(data, '>u4', count=ndim, offset=4))
-  offset = 4 + 4 * ndim
-  expected = offset + int(np.prod(shape)) * dtype.itemsize
-  if len(data) != expected:
-    raise ValueError(f'{path}: header says shape {shape} ({expected} bytes), '
-                     f'file has {len(data)} bytes')
-  return np.frombuffer(data, dtype, offset=offset).reshape(shape).astype(dtype.newbyteorder('='))
-
 
 def bounce(start: np.ndarray, velocity: np.ndarray, num_steps: int, limit: float) -> np.ndarray:
   """Positions of points moving at constant velocity and reflecting at ``0`` and ``limit``.
@@ -251,10 +225,6 @@ class MovingMnist(tfds.core.GeneratorBasedBuilder):
                         description='1000 train / 200 test sequences (quick experiments).'),
   ]
   DEFAULT_CONFIG_NAME = 'default'
-  # TFDS derives ``code_path`` through ``importlib_resources``, which tensorflow-datasets 4.9.x
-  # does not install on Python >= 3.9 (tensorflow/datasets#11212); naming the file directly
-  # avoids that import. It only locates an (absent) checksums file: no downloads here.
-  code_path = epath.Path(__file__)
 
   def __init__(self, *, mnist_dir: str | os.PathLike | None = None,
                data_dir: str | os.PathLike | None = None, **kwargs):
@@ -284,7 +254,7 @@ class MovingMnist(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, images_path, num_sequences, seed):
     c = self.builder_config
-    digits = _read_idx(images_path)
+    digits = read_idx(images_path)
     chunks = iter_sequences(digits, num_sequences, seed=seed, num_frames=c.num_frames,
                             frame_size=c.frame_size)
     key = 0

@@ -1,7 +1,11 @@
 """Flax Linen models. Classifiers return ``(logits, intermediates)``; see ``models.cnn``."""
 
-from jaxvision.models.gan import ConditionalGenerator, Discriminator, Generator, ProjectionDiscriminator
-from jaxvision.models.cnn import LeNet5, ResNet, ResNet18, ResNet34, ResNet50, SimpleCNN, VGG, VGG11, VGG16
+from jaxvision.models.gan import (ConditionalGenerator, Discriminator, Generator,
+                                  ProjectionDiscriminator)
+from jaxvision.models.rnn import (GRU, LSTM, ConvLSTMCell, ConvLSTMForecaster, RowLSTMClassifier,
+                                  SequenceClassifier, StackedRNN)
+from jaxvision.models.cnn import (VGG, VGG11, VGG16, LeNet5, ResNet, ResNet18, ResNet34, ResNet50,
+                                  SimpleCNN)
 
 # Names usable in configs (``config.model.name``).
 MODELS = {
@@ -12,6 +16,7 @@ MODELS = {
     "ResNet18": ResNet18,
     "ResNet34": ResNet34,
     "ResNet50": ResNet50,
+    "RowLSTMClassifier": RowLSTMClassifier,
 }
 
 

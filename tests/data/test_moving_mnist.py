@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jaxvision.data import moving_mnist as mm
+from jaxvision.data.builders.idx import read_idx
 
 
 def write_idx_images(path, images):
@@ -115,7 +116,7 @@ def test_two_digits_compose_by_max():
 
 
 def test_generate_from_real_mnist(mnist_dir):
-  digits = mm._read_idx(mnist_dir / mm.TEST_IMAGES)
+  digits = read_idx(mnist_dir / mm.TEST_IMAGES)
   assert digits.shape == (10000, 28, 28) and digits.dtype == np.uint8
   frames = mm.generate(digits, 3, seed=0)
   assert frames.shape == (3, 20, 64, 64, 1)
@@ -137,20 +138,6 @@ def test_split_inputs_targets():
   inputs, targets = mm.split_inputs_targets(frames)
   assert inputs.shape == (2, 10, 1, 1, 1) and targets.shape == (2, 10, 1, 1, 1)
   np.testing.assert_array_equal(targets[0, :, 0, 0, 0], np.arange(10, 20))
-
-
-def test_read_idx(tmp_path):
-  images = random_digits(3, 1)
-  write_idx_images(tmp_path / 'x-idx3-ubyte.gz', images)
-  np.testing.assert_array_equal(mm._read_idx(tmp_path / 'x-idx3-ubyte.gz'), images)
-  with pytest.raises(FileNotFoundError, match='IDX file not found'):
-    mm._read_idx(tmp_path / 'missing.gz')
-  (tmp_path / 'bad.gz').write_bytes(gzip.compress(b'\x08\x03\x00\x00' + bytes(16)))
-  with pytest.raises(ValueError, match='not an IDX file'):
-    mm._read_idx(tmp_path / 'bad.gz')
-  (tmp_path / 'short.gz').write_bytes(gzip.compress(struct.pack('>BBBBIII', 0, 0, 8, 3, 2, 2, 2)))
-  with pytest.raises(ValueError, match=r'header says shape \(2, 2, 2\)'):
-    mm._read_idx(tmp_path / 'short.gz')
 
 
 def test_tfds_builder_counts_shapes_and_sources(tmp_path, monkeypatch):

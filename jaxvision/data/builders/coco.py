@@ -40,7 +40,6 @@ import re
 from collections.abc import Iterator, Mapping
 
 import numpy as np
-from etils import epath
 import tensorflow_datasets as tfds
 
 from jaxvision.data.builders import voc
@@ -150,9 +149,6 @@ class CocoFolder(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "COCO folder with contiguous labels and clipped boxes."}
-  # TFDS 4.9.10 derives this via importlib_resources, which it does not install on Python >= 3.9
-  # (tensorflow/datasets#11212); there is no checksums file next to this module either way.
-  code_path = epath.Path(__file__)
 
   def __init__(self, source_dir=None, *, splits: Mapping[str, tuple[str, str]] | None = None,
                config: voc.FolderConfig | None = None, **kwargs):

@@ -37,7 +37,6 @@ import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 
 import numpy as np
-from etils import epath
 import PIL.Image
 import tensorflow_datasets as tfds
 
@@ -273,9 +272,6 @@ class VocFolder(tfds.core.GeneratorBasedBuilder):
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Pascal VOC folder with image id/size and clipped boxes."}
-  # TFDS 4.9.10 derives this via importlib_resources, which it does not install on Python >= 3.9
-  # (tensorflow/datasets#11212); there is no checksums file next to this module either way.
-  code_path = epath.Path(__file__)
 
   def __init__(self, source_dir=None, *, class_names: Sequence[str] | None = None,
                config: FolderConfig | None = None, **kwargs):
