@@ -203,3 +203,30 @@ def test_real_mnist(mnist_dir, tmp_path, monkeypatch):
   labels = np.concatenate([b["label"][b["mask"]] for b in ev])
   expected = np.bincount(idx.read_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz"))
   np.testing.assert_array_equal(np.bincount(labels), expected)
+
+
+def test_catalog_name_without_local_folder_goes_through_tfds_builder(tmp_path, monkeypatch):
+  """'fashion_mnist' with no local folder resolves through ``tfds.builder`` (catalog path).
+
+  The network is not reachable here, so ``tfds.builder`` returns TFDS's own ``DummyMnist``
+  test builder (same features as the catalog's MNIST-style datasets) prepared in tmp_path.
+  """
+  import tensorflow_datasets as tfds
+  monkeypatch.setenv("JAXVISION_DATA_DIR", str(tmp_path / "empty"))
+  asked = []
+
+  def fake_builder(name, **kwargs):
+    asked.append(name)
+    return tfds.testing.DummyMnist(data_dir=str(tmp_path / "tfds"))
+
+  monkeypatch.setattr(pipeline.tfds, "builder", fake_builder)
+  builder, info = pipeline.get_dataset("fashion_mnist")
+  assert asked == ["fashion_mnist"] and info.source == "TFDS catalog fashion_mnist"
+  assert info.image_shape == (28, 28, 1) and info.num_classes == 10
+  n_test = info.num_examples["test"]
+  batches = pipeline.make_eval_iterator(builder, info, split="test", global_batch_size=8,
+                                        pp="value_range(0, 1)")
+  assert sum(int(b["mask"].sum()) for b in batches) == n_test
+  batch = next(pipeline.make_train_iterator(builder, info, split="train", global_batch_size=4,
+                                            pp="value_range(0, 1)", seed=0))
+  assert batch["image"].shape == (4, 28, 28, 1) and batch["image"].max() <= 1.0
