@@ -1,7 +1,8 @@
 """Test configuration.
 
 JAX is given 8 host CPU devices before it initializes, so sharding tests can build meshes of
-1 and 8 devices in the same process. Data under ``$JAXVISION_DATA_DIR`` (default
+1 and 8 devices in the same process. Prepared TFDS records go to a fresh directory per test
+process. Data under ``$JAXVISION_DATA_DIR`` (default
 ``../shared/data``) is skipped with a reason when absent, except in CI where it must exist.
 """
 
@@ -12,6 +13,12 @@ if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
   os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import tempfile  # noqa: E402
+
+# Each test process (pytest-xdist worker) prepares TFDS records in its own directory, so two
+# workers never write the same dataset at once and tests never see a user's cache.
+os.environ["JAXVISION_TFDS_DIR"] = tempfile.mkdtemp(prefix="jaxvision-tfds-")
 
 import pytest  # noqa: E402
 
