@@ -14,11 +14,14 @@ if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import atexit  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 # Each test process (pytest-xdist worker) prepares TFDS records in its own directory, so two
 # workers never write the same dataset at once and tests never see a user's cache.
 os.environ["JAXVISION_TFDS_DIR"] = tempfile.mkdtemp(prefix="jaxvision-tfds-")
+atexit.register(shutil.rmtree, os.environ["JAXVISION_TFDS_DIR"], ignore_errors=True)
 
 import pytest  # noqa: E402
 
