@@ -1,7 +1,8 @@
 """Train, eval and predict steps for classifiers, and their compilation over a mesh.
 
-The steps are pure functions of ``(state, batch)``; ``compile_steps`` jits them with the batch
-sharded over the mesh's ``'data'`` axis, the state replicated and donated.
+The steps are pure functions of ``(state, batch)``; ``jit_train_step``/``jit_eval_step`` jit
+them with the batch sharded over the mesh's ``'data'`` axis, the state replicated (and donated
+by the train step), and the platform's compiler options from ``training.compiler``.
 
 Batch format: ``{'image': float [B, H, W, C], 'label': int32 [B]}`` plus, for evaluation,
 ``'mask': bool [B]`` marking real (not padding) examples.
@@ -15,6 +16,7 @@ import optax
 
 from jaxvision import losses
 from jaxvision.metrics import classification as cls_metrics
+from jaxvision.training.compiler import step_compiler_options
 from jaxvision.training.sharding import batch_sharding, replicated
 
 
@@ -86,10 +88,11 @@ def predict_step(state, images):
 def jit_train_step(train_step, mesh):
   """``jax.jit`` of ``train_step`` over ``mesh``: batch sharded, state replicated and donated."""
   return jax.jit(train_step, in_shardings=(replicated(mesh), batch_sharding(mesh)),
-                 out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,))
+                 out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,),
+                 compiler_options=step_compiler_options(mesh))
 
 
 def jit_eval_step(eval_step, mesh):
   """``jax.jit`` of an eval/predict step over ``mesh`` (nothing donated)."""
   return jax.jit(eval_step, in_shardings=(replicated(mesh), batch_sharding(mesh)),
-                 out_shardings=replicated(mesh))
+                 out_shardings=replicated(mesh), compiler_options=step_compiler_options(mesh))

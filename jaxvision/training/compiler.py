@@ -1,0 +1,65 @@
+"""XLA compiler options that the library's compiled steps use, per platform.
+
+``step_compiler_options(mesh)`` is passed as ``compiler_options`` to the ``jax.jit`` of the
+train/eval/predict steps (see ``steps.jit_train_step``). Options are per compilation, so
+they change nothing else in the process (other jitted code, TensorFlow's XLA), work whatever
+the import order, and need no environment variable set before JAX starts.
+
+On CPU (XLA:CPU in jaxlib 0.10):
+
+* ``xla_cpu_experimental_ynn_fusion_type``: XLA offloads dots, convolutions and reductions to
+  YNNPACK by default. Its convolutions are slower than XLA's own (Eigen) convolutions for the
+  shapes of CNN training steps, by about 2x for the weight gradient (measured with
+  ``python -m benchmarks.run``; see ``benchmarks/RESULTS.md``), so the library keeps YNNPACK
+  for dots and reductions only. Results are unchanged up to float summation order.
+
+An option is left out when the user sets it in ``XLA_FLAGS`` (the user's value wins) or
+when this jaxlib does not know it (checked once by compiling a trivial function), and
+``JAXVISION_XLA_DEFAULTS=0`` turns all of them off.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import jax
+import jax.numpy as jnp
+
+CPU_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type":
+        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
+}
+
+_ENV_SWITCH = "JAXVISION_XLA_DEFAULTS"
+
+
+def _user_flags() -> str:
+  return os.environ.get("XLA_FLAGS", "")
+
+
+@functools.lru_cache(maxsize=None)
+def _supported(platform: str, name: str, value: str) -> bool:
+  """Whether this jaxlib accepts ``name=value`` when compiling for ``platform``."""
+  try:
+    device = jax.devices(platform)[0]
+    fn = jax.jit(lambda x: x + 1, compiler_options={name: value})
+    fn.lower(jax.ShapeDtypeStruct((2,), jnp.float32,
+                                  sharding=jax.sharding.SingleDeviceSharding(device))).compile()
+    return True
+  except Exception as e:  # Unknown option or value in this jaxlib: skip it.
+    logging.getLogger(__name__).info("XLA option %s=%s not used: %s", name, value, e)
+    return False
+
+
+def step_compiler_options(mesh) -> dict | None:
+  """``compiler_options`` for steps compiled over ``mesh`` (None when there are none)."""
+  if os.environ.get(_ENV_SWITCH, "1").lower() in ("0", "false", "no"):
+    return None
+  platform = mesh.devices.flat[0].platform
+  defaults = CPU_OPTIONS if platform == "cpu" else {}
+  user = _user_flags()
+  options = {k: v for k, v in defaults.items()
+             if f"--{k}" not in user and _supported(platform, k, v)}
+  return options or None
