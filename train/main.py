@@ -33,10 +33,14 @@ def main(argv):
   tf.config.set_visible_devices([], "GPU")  # tf.data only; keep the accelerators for JAX.
   config = FLAGS.config
   task = config.get("task", "classification")
-  if task != "classification":
-    raise app.UsageError(f"unknown config.task {task!r}; expected 'classification'")
+  if task not in ("classification", "sequence_prediction"):
+    raise app.UsageError(f"unknown config.task {task!r}; expected 'classification' or "
+                         f"'sequence_prediction'")
   try:
-    _run(config)
+    if task == "sequence_prediction":
+      _run_sequence_prediction(config)
+    else:
+      _run(config)
   except (ValueError, FileNotFoundError, FloatingPointError) as e:
     # Bad input: say what was expected and what was found, without a deep traceback.
     raise SystemExit(f"error: {type(e).__name__}: {e}") from None
@@ -57,6 +61,20 @@ def _run(config):
     out = classification.predict(config, FLAGS.workdir, FLAGS.images, top_k=FLAGS.top_k,
                                  checkpoint=FLAGS.checkpoint)
     print(json.dumps(out, indent=2))
+
+
+def _run_sequence_prediction(config):
+  from train import sequence_prediction
+  if FLAGS.mode != "train":
+    raise app.UsageError(f"--mode={FLAGS.mode} is not supported for config.task="
+                         f"'sequence_prediction'; training ends with the test evaluation")
+  results = sequence_prediction.train_and_evaluate(config, FLAGS.workdir)
+  ev = results["eval"]
+  print(f"Done: {results['steps']} steps in {results['train_seconds']:.1f} s "
+        f"(+{results['compile_seconds']:.1f} s compile); {ev['split']} MSE {ev['mse']:.5f} "
+        f"(copy-last-frame {ev['baseline_mse']:.5f}).\nResults in "
+        f"{os.path.abspath(FLAGS.workdir)}: results.json, metrics.jsonl, tensorboard/, plots/, "
+        f"checkpoints/")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,9 @@ example indices:
 * :func:`make_eval_iterator`: one pass in order over every example, the last global batch
   zero-padded with ``mask`` False; every process yields the same number of batches.
 
+:func:`make_array_train_iterator` / :func:`make_array_eval_iterator` do the same over any
+in-memory examples (e.g. video frames) with a caller's per-example function.
+
 Batches are dicts of NumPy arrays: ``image`` float32 ``[B_local, H', W', C']`` (the shape after
 ``pp``; the dtype is cast to float32 without rescaling), ``label`` int32 ``[B_local]``, and for
 evaluation ``mask`` bool ``[B_local]``.
@@ -39,7 +42,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import jax
 import numpy as np
@@ -60,6 +63,8 @@ _FOLDER_DATASETS = {
     "cifar10": ("cifar10", cifar_lib.cifar_builder, cifar_lib.CLASS_NAMES),
 }
 _MAX_EPOCHS = 2**40
+# ``fn(example: dict of tf.Tensor, rng: int64 [2]) -> dict of tf.Tensor`` for one example.
+ExampleFn = Callable[[dict, tf.Tensor], dict]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,17 +227,29 @@ def _fold_in(key: tf.Tensor, data) -> tf.Tensor:
                                                   alg=preprocess.RNG_ALG)
 
 
-def _example_fn(images: np.ndarray, labels: np.ndarray, pp: str):
-  """Returns ``fn(index, rng) -> {'image': float32, 'label': int32}`` for one example."""
+def _example_fn(pp: str):
+  """Returns ``fn(example, rng) -> {'image': float32, 'label': int32}`` applying ``pp``."""
   pp_fn = preprocess.parse(pp)
-  images_t = tf.constant(images)
-  labels_t = tf.constant(labels)
 
-  def fn(index, rng):
-    out = pp_fn({"image": tf.gather(images_t, index), "label": tf.gather(labels_t, index)}, rng)
+  def fn(example, rng):
+    out = pp_fn(example, rng)
     return {"image": tf.cast(out["image"], tf.float32), "label": tf.cast(out["label"], tf.int32)}
 
   return fn
+
+
+def _gather_fn(arrays: Mapping[str, np.ndarray], example_fn: ExampleFn):
+  """Returns ``fn(index, rng) = example_fn({k: arrays[k][index]}, rng)`` over TF constants."""
+  lengths = {k: len(v) for k, v in arrays.items()}
+  if not arrays or len(set(lengths.values())) != 1:
+    raise ValueError(f"arrays must be a non-empty dict of equally long arrays; found lengths "
+                     f"{lengths}")
+  tensors = {k: tf.constant(v) for k, v in arrays.items()}
+
+  def fn(index, rng):
+    return example_fn({k: tf.gather(t, index) for k, t in tensors.items()}, rng)
+
+  return fn, next(iter(lengths.values()))
 
 
 def _numpy_iterator(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
@@ -261,15 +278,44 @@ def make_train_iterator(builder: tfds.core.DatasetBuilder, info: DatasetInfo, *,
     ``{'image': float32 [B_local, H', W', C'], 'label': int32 [B_local]}`` with
     ``B_local = global_batch_size // process_count``.
   """
-  p, _, local = _local_batch(global_batch_size, process_index, process_count)
-  spe = steps_per_epoch(info, split, global_batch_size)
+  _local_batch(global_batch_size, process_index, process_count)
+  steps_per_epoch(info, split, global_batch_size)
   if start_step < 0:
     raise ValueError(f"start_step must be >= 0, got {start_step}")
   images, labels = _load_split(builder, info, split)
-  n = len(labels)
+  return make_array_train_iterator(
+      {"image": images, "label": labels}, _example_fn(pp), global_batch_size=global_batch_size,
+      seed=seed, start_step=start_step, process_index=process_index,
+      process_count=process_count)
+
+
+def make_array_train_iterator(arrays: Mapping[str, np.ndarray], example_fn: ExampleFn, *,
+                              global_batch_size: int, seed: int, start_step: int = 0,
+                              process_index: int | None = None,
+                              process_count: int | None = None
+                              ) -> Iterator[dict[str, np.ndarray]]:
+  """:func:`make_train_iterator` over in-memory examples (any features, e.g. video frames).
+
+  Args:
+    arrays: the examples, stacked along axis 0 (all of the same length ``N``).
+    example_fn: ``fn(example, rng) -> dict`` of TF tensors, called in the tf.data graph with
+      one example ``{k: arrays[k][i]}`` and its stateless seed ``rng`` (int64 ``[2]``,
+      a function of ``(seed, step, position in the global batch)``).
+    global_batch_size, seed, start_step, process_index, process_count: as in
+      :func:`make_train_iterator` (same shuffling, resume and per-process rows).
+
+  Yields:
+    ``example_fn``'s outputs batched to ``[B_local, ...]`` NumPy arrays.
+  """
+  p, _, local = _local_batch(global_batch_size, process_index, process_count)
+  if start_step < 0:
+    raise ValueError(f"start_step must be >= 0, got {start_step}")
+  example, n = _gather_fn(arrays, example_fn)
+  spe = n // global_batch_size
+  if spe == 0:
+    raise ValueError(f"global_batch_size {global_batch_size} is larger than the {n} examples")
   key = _base_key(seed)
   perm_key, aug_key = _fold_in(key, 0), _fold_in(key, 1)
-  example = _example_fn(images, labels, pp)
 
   def epoch_elements(epoch):
     # One shuffled epoch as (global step, position in the global batch, example index).
@@ -321,26 +367,38 @@ def make_eval_iterator(builder: tfds.core.DatasetBuilder, info: DatasetInfo, *, 
   Yields (per iteration of the returned iterable):
     ``{'image': float32 [B_local, ...], 'label': int32 [B_local], 'mask': bool [B_local]}``.
   """
-  p, _, local = _local_batch(global_batch_size, process_index, process_count)
+  _local_batch(global_batch_size, process_index, process_count)
   images, labels = _load_split(builder, info, split)
-  n = len(labels)
-  if n == 0:
+  if len(labels) == 0:
     raise ValueError(f"split {split!r} of dataset {info.name!r} is empty")
+  return make_array_eval_iterator({"image": images, "label": labels}, _example_fn(pp),
+                                  global_batch_size=global_batch_size,
+                                  process_index=process_index, process_count=process_count)
+
+
+def make_array_eval_iterator(arrays: Mapping[str, np.ndarray], example_fn: ExampleFn, *,
+                             global_batch_size: int, process_index: int | None = None,
+                             process_count: int | None = None) -> EvalIterable:
+  """:func:`make_eval_iterator` over in-memory examples (see :func:`make_array_train_iterator`).
+
+  Every output of ``example_fn`` is zero in padding rows, and ``mask`` marks the real ones.
+  """
+  p, _, local = _local_batch(global_batch_size, process_index, process_count)
+  example, n = _gather_fn(arrays, example_fn)
+  if n == 0:
+    raise ValueError("no examples to evaluate")
   num_batches = -(-n // global_batch_size)
   # Global position of each of this process's rows: [num_batches * local].
   batch_start = np.arange(num_batches, dtype=np.int64)[:, None] * global_batch_size
   positions = (batch_start + p * local + np.arange(local, dtype=np.int64)[None, :]).reshape(-1)
-  example = _example_fn(images, labels, pp)
   key = _fold_in(_base_key(0), 2)
 
   def load(position):
     valid = position < n
     out = example(tf.minimum(position, n - 1), _fold_in(key, position))
-    return {
-        "image": tf.where(valid, out["image"], tf.zeros_like(out["image"])),
-        "label": tf.where(valid, out["label"], tf.zeros_like(out["label"])),
-        "mask": valid,
-    }
+    out = {k: tf.where(valid, v, tf.zeros_like(v)) for k, v in out.items()}
+    out["mask"] = valid
+    return out
 
   def make_dataset():
     ds = tf.data.Dataset.from_tensor_slices(positions)
