@@ -315,3 +315,34 @@ def predict(config, workdir, image_paths, *, top_k: int = 3, checkpoint: str = "
                     "top_k": [{"label": names[i], "class_id": int(i),
                                "probability": float(p[i])} for i in order]})
   return results
+
+
+def load_classifier(workdir, *, checkpoint: str = "best", config=None):
+  """Restores a trained classifier for inference, e.g. to measure generated images.
+
+  Args:
+    workdir: a classification workdir (``checkpoints/`` and, unless ``config`` is given, the
+      ``results.json`` of its completed run, which records the config it was trained with).
+    checkpoint: ``'best'`` or ``'latest'``.
+    config: the training config; default: ``results.json``'s ``config``.
+
+  Returns:
+    ``(apply_fn, variables, meta)``: ``apply_fn(variables, x, train=False)`` gives
+    ``(logits, {'pre_logits': ...})`` for images preprocessed with ``meta['pp_eval']`` from
+    stored images of shape ``meta['dataset_image_shape']``; ``meta`` also holds
+    ``num_classes``, ``class_names``, ``dataset`` and ``checkpoint_step``.
+  """
+  workdir = pathlib.Path(workdir).resolve()
+  if config is None:
+    results = workdir / "results.json"
+    if not results.is_file():
+      raise FileNotFoundError(
+          f"no results.json in classifier workdir {workdir}: finish its training run "
+          f"(python -m train.main --config=train/configs/mnist_cnn.py --workdir={workdir}) or "
+          f"pass its config")
+    config = ml_collections.ConfigDict(json.loads(results.read_text())["config"])
+  state, meta, step, _ = _restore_for_inference(config, workdir, checkpoint)
+  variables = {"params": state.params}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+  return state.apply_fn, variables, dict(meta, checkpoint_step=step)

@@ -109,3 +109,92 @@ def plot_confusion_matrix(cm, class_names, path, *, title="confusion matrix"):
   pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def to_uint8(images, value_range=(-1.0, 1.0)) -> np.ndarray:
+  """Maps float images in ``value_range`` to uint8 ``[0, 255]`` (rounded, clipped).
+
+  ``round((x - lo) / (hi - lo) * 255)``: the values a PNG of the images stores.
+  """
+  lo, hi = value_range
+  if hi <= lo:
+    raise ValueError(f"value_range must be (lo, hi) with lo < hi; found {value_range}")
+  scaled = (np.asarray(images, np.float32) - lo) * (255.0 / (hi - lo))
+  return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
+
+
+def image_grid(images, ncols: int, *, padding: int = 2, pad_value: int = 255) -> np.ndarray:
+  """Tiles uint8 images ``[N, H, W, C]`` row-major into ``[R*(H+p)+p, K*(W+p)+p, C]``.
+
+  ``R = ceil(N / ncols)`` rows of ``K = ncols`` images, ``padding`` pixels of ``pad_value``
+  around each; unused cells of the last row stay ``pad_value``.
+  """
+  images = np.asarray(images)
+  if images.ndim != 4 or images.shape[0] < 1 or images.dtype != np.uint8:
+    raise ValueError(f"images must be uint8 [N, H, W, C] with N >= 1; found {images.dtype} "
+                     f"{images.shape}")
+  if ncols < 1:
+    raise ValueError(f"ncols must be >= 1; found {ncols}")
+  n, h, w, c = images.shape
+  rows = -(-n // ncols)
+  grid = np.full((rows * (h + padding) + padding, ncols * (w + padding) + padding, c),
+                 pad_value, np.uint8)
+  for i, image in enumerate(images):
+    r, k = divmod(i, ncols)
+    top, left = padding + r * (h + padding), padding + k * (w + padding)
+    grid[top:top + h, left:left + w] = image
+  return grid
+
+
+def plot_image_grid(images, path, *, ncols: int, row_labels=None, title: str | None = None,
+                    value_range=(-1.0, 1.0), pixel_scale: int | None = None):
+  """Saves ``images [N, H, W, C]`` (float in ``value_range`` or uint8) as a PNG grid.
+
+  Args:
+    images: the images, row-major in the grid.
+    path: PNG file to write (parent folders are created).
+    ncols: images per row.
+    row_labels: optional text per grid row (e.g. class names), drawn at the left.
+    title: optional title above the grid.
+    value_range: range of float images (ignored for uint8).
+    pixel_scale: screen pixels per image pixel (nearest-neighbour, no smoothing); default
+      ``max(1, 84 // H)`` (3 for 28x28 images).
+  """
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  images = np.asarray(images)
+  if images.dtype != np.uint8:
+    images = to_uint8(images, value_range)
+  padding = 2
+  grid = image_grid(images, ncols, padding=padding)
+  rows = -(-images.shape[0] // ncols)
+  pixel_scale = pixel_scale or max(1, 84 // images.shape[1])
+  if row_labels is not None and len(row_labels) != rows:
+    raise ValueError(f"row_labels has {len(row_labels)} entries for {rows} grid rows")
+  dpi = 100
+  margin_left = 0.5 if row_labels is not None else 0.1
+  margin_top = 0.35 if title else 0.1
+  width = grid.shape[1] * pixel_scale / dpi
+  height = grid.shape[0] * pixel_scale / dpi
+  fig = plt.figure(figsize=(width + margin_left + 0.1, height + margin_top + 0.1), dpi=dpi)
+  ax = fig.add_axes([margin_left / fig.get_figwidth(), 0.1 / fig.get_figheight(),
+                     width / fig.get_figwidth(), height / fig.get_figheight()])
+  cmap = "gray" if grid.shape[-1] == 1 else None
+  ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap=cmap, vmin=0, vmax=255,
+            interpolation="nearest")
+  ax.set_xticks([])
+  if row_labels is not None:
+    cell = images.shape[1] + padding
+    ax.set_yticks([padding + r * cell + images.shape[1] / 2 for r in range(rows)],
+                  [str(label) for label in row_labels], fontsize=8)
+    ax.tick_params(axis="y", length=0)
+  else:
+    ax.set_yticks([])
+  for spine in ax.spines.values():
+    spine.set_visible(False)
+  if title:
+    ax.set_title(title, fontsize=9)
+  pathlib.Path(path).parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
