@@ -119,11 +119,14 @@ def _flush(pending, writer, first_step) -> dict:
   """Fetches queued per-step metrics, stops on NaN/inf, writes their mean."""
   fetched = jax.device_get(pending)
   for i, m in enumerate(fetched):
-    if not math.isfinite(float(m["loss"])):
-      raise DivergenceError(
-          f"the training loss became {float(m['loss'])} at step {first_step + i + 1} "
-          f"(expected a finite value): training diverged. No checkpoint was written after "
-          f"the divergence; lower optimizer.learning_rate or enable grad_clip_norm.")
+    # The gradient norm is checked too: a model can map NaN activations to finite logits
+    # (XLA:CPU's max pooling drops NaN), and then only the gradients show the corruption.
+    for name in ("loss", "grad_norm"):
+      if not math.isfinite(float(m[name])):
+        raise DivergenceError(
+            f"the training {name} became {float(m[name])} at step {first_step + i + 1} "
+            f"(expected a finite value): training diverged. No checkpoint was written after "
+            f"the divergence; lower optimizer.learning_rate or enable grad_clip_norm.")
   means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
   writer.write(first_step + len(fetched), "train", means)
   return means
