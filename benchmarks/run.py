@@ -34,6 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 
 from benchmarks import jax_steps, timing  # noqa: E402
 from benchmarks.specs import SPECS, get_spec  # noqa: E402
@@ -133,9 +134,12 @@ def bench_model(spec, args, peak, env, mesh) -> list[dict]:
   steps = args.steps or spec.steps
   repeats = args.repeats or spec.repeats
   host_batch = jax_steps.random_batch(spec, batch)
+  state = jax_steps.initial_state(spec, mesh)
   records = []
   for kind in args.kinds:
-    runners = [jax_steps.JaxStepRunner(spec, kind, batch, mesh, host_batch)]
+    # Each kind gets its own copy: the train step donates (consumes) the state it is given.
+    runners = [jax_steps.JaxStepRunner(spec, kind, batch, mesh, host_batch,
+                                       state=jax.tree_util.tree_map(jnp.copy, state))]
     if args.peers:
       from benchmarks import keras_peers
       runners += [keras_peers.make_runner(p, spec, kind, batch, host_batch) for p in args.peers]
