@@ -29,27 +29,36 @@ def random_batch(spec: ModelSpec, batch: int, seed: int = 0) -> dict:
           "mask": np.ones((batch,), bool)}
 
 
+def initial_state(spec: ModelSpec, mesh):
+  """The train state the trainer would start from (``create_train_state``), on ``mesh``."""
+  tx, _ = optim.make_optimizer(ml_collections.ConfigDict(spec.optimizer), total_steps=10_000)
+  return state_lib.create_train_state(spec.make_jax(), tx, input_shape=spec.input_shape,
+                                      rng=jax.random.PRNGKey(0), mesh=mesh)
+
+
 class JaxStepRunner:
   """Compiles one step kind of one model and times ``k`` consecutive calls.
 
-  ``setup()`` returns the compile seconds and XLA's analysis; ``run(k)`` returns the seconds
-  for ``k`` calls ending in ``block_until_ready`` (the train state is threaded through, as in
-  training, and donated).
+  ``state`` (optional) is the initial train state, which the train step donates: give each
+  runner its own. ``setup()`` returns the compile seconds and XLA's analysis; ``run(k)``
+  returns the seconds for ``k`` calls ending in ``block_until_ready`` (the train state is
+  threaded through, as in training).
   """
   framework = "jax"
 
-  def __init__(self, spec: ModelSpec, step: str, batch: int, mesh, host_batch: dict):
+  def __init__(self, spec: ModelSpec, step: str, batch: int, mesh, host_batch: dict,
+               state=None):
     if step not in STEP_KINDS:
       raise ValueError(f"step must be one of {STEP_KINDS}; found {step!r}")
     sharding.check_batch_size(batch, mesh)
     self.spec, self.step, self.batch, self.mesh = spec, step, batch, mesh
     self._host_batch = host_batch
+    self.state = state
 
   def setup(self) -> dict:
     spec, mesh = self.spec, self.mesh
-    tx, _ = optim.make_optimizer(ml_collections.ConfigDict(spec.optimizer), total_steps=10_000)
-    self.state = state_lib.create_train_state(
-        spec.make_jax(), tx, input_shape=spec.input_shape, rng=jax.random.PRNGKey(0), mesh=mesh)
+    if self.state is None:
+      self.state = initial_state(spec, mesh)
     if self.step == "train":
       fn = steps.jit_train_step(steps.make_train_step(), mesh)
       self.args = sharding.shard_batch(

@@ -9,9 +9,9 @@ On CPU (XLA:CPU in jaxlib 0.10):
 
 * ``xla_cpu_experimental_ynn_fusion_type``: XLA offloads dots, convolutions and reductions to
   YNNPACK by default. Its convolutions are slower than XLA's own (Eigen) convolutions for the
-  shapes of CNN training steps, by about 2x for the weight gradient (measured with
-  ``python -m benchmarks.run``; see ``benchmarks/RESULTS.md``), so the library keeps YNNPACK
-  for dots and reductions only. Results are unchanged up to float summation order.
+  shapes of CNN training steps, by about 2x for the weight gradient (see
+  ``benchmarks/RESULTS.md``), so the library keeps YNNPACK for dots and reductions only.
+  Results are unchanged up to float summation order.
 
 An option is left out when the user sets it in ``XLA_FLAGS`` (the user's value wins) or
 when this jaxlib does not know it (checked once by compiling a trivial function), and
