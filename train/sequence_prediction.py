@@ -54,8 +54,9 @@ def make_builder(data: ml_collections.ConfigDict) -> moving_mnist.MovingMnist:
   """A prepared ``MovingMnist`` builder for ``config.data``.
 
   ``builder_config`` 'default' or 'small' uses the builder's own configs; 'custom' sizes it with
-  ``num_train``, ``num_test``, ``data_seed``, ``num_frames`` and ``frame_size`` under a name that encodes them and the digits' folder, so different settings never share
-  prepared records.
+  ``num_train``, ``num_test``, ``data_seed``, ``num_frames`` and ``frame_size`` under a name
+  holding a hash of them and of the digits' folder, so different settings never share prepared
+  records.
   """
   name = data.get("builder_config", "custom")
   if name not in BUILDER_CONFIGS:
@@ -112,8 +113,8 @@ def create_model(config, num_output_frames: int):
   if configured != num_output_frames:
     raise ValueError(f"config.model.num_output_frames={configured} but the data has "
                      f"{num_output_frames} target frames per sequence")
-  return FORECASTERS[name](num_output_frames=num_output_frames,
-                           dtype=classification._dtype(config), **kwargs)  # pylint: disable=protected-access
+  dtype = classification._dtype(config)  # pylint: disable=protected-access
+  return FORECASTERS[name](num_output_frames=num_output_frames, dtype=dtype, **kwargs)
 
 
 def evaluate_split(state, eval_step, frames: np.ndarray, *, example_fn, config, mesh) -> dict:
