@@ -14,8 +14,8 @@ Running the same command with the same workdir resumes from the latest checkpoin
 
 from __future__ import annotations
 
+import itertools
 import json
-import math
 import pathlib
 import time
 
@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import tqdm
 from absl import logging
 
 from jaxvision import models
@@ -31,13 +30,13 @@ from jaxvision.data import images as image_io
 from jaxvision.data import pipeline
 from jaxvision.metrics import classification as cls_metrics
 from jaxvision.training import checkpoint as ckpt_lib
-from jaxvision.training import optim, reporting, sharding, state as state_lib, steps as steps_lib
+from jaxvision.training import loop, optim, reporting, sharding, state as state_lib
+from jaxvision.training import steps as steps_lib
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-class DivergenceError(FloatingPointError):
-  """The training loss became NaN or infinite."""
+DivergenceError = loop.DivergenceError  # The training loss became NaN or infinite.
 
 
 def _dtype(config):
@@ -115,23 +114,6 @@ def _summary_line(step, ev) -> str:
           f"loss {ev['loss']:.4f} macro-F1 {ev['macro_f1']:.4f} ({ev['num_examples']} examples)")
 
 
-def _flush(pending, writer, first_step) -> dict:
-  """Fetches queued per-step metrics, stops on NaN/inf, writes their mean."""
-  fetched = jax.device_get(pending)
-  for i, m in enumerate(fetched):
-    # The gradient norm is checked too: a model can map NaN activations to finite logits
-    # (XLA:CPU's max pooling drops NaN), and then only the gradients show the corruption.
-    for name in ("loss", "grad_norm"):
-      if not math.isfinite(float(m[name])):
-        raise DivergenceError(
-            f"the training {name} became {float(m[name])} at step {first_step + i + 1} "
-            f"(expected a finite value): training diverged. No checkpoint was written after "
-            f"the divergence; lower optimizer.learning_rate or enable grad_clip_norm.")
-  means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-  writer.write(first_step + len(fetched), "train", means)
-  return means
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains ``config`` into ``workdir`` (resuming if it holds checkpoints); returns results."""
   workdir = pathlib.Path(workdir).resolve()
@@ -174,48 +156,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     eval_every = config.get("eval_every_steps", -1)
     if eval_every <= 0:
       eval_every = pipeline.steps_per_epoch(info, config.train_split, config.batch_size)
-    log_every = max(1, config.get("log_every_steps", 50))
-    ckpt_every = config.get("checkpoint_every_steps", -1)
 
-    train_seconds, last_eval = 0.0, None
-    pending, pending_from = [], start_step
-    batch = first
-    bar = tqdm.tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
-                    dynamic_ncols=True, disable=config.get("disable_progress_bar", None))
-    t_mark, n_mark = time.perf_counter(), 0
-    for step in range(start_step, total_steps):
-      if batch is None:
-        batch = next(train_iter)
-      state, metrics = train_step(state, sharding.shard_batch(batch, mesh))
-      batch = None
-      pending.append(metrics)
-      done = step + 1
-      bar.update(1)
-      n_mark += 1
-      is_last = done == total_steps
-      do_eval = done % eval_every == 0 or is_last
-      do_ckpt = do_eval or (ckpt_every > 0 and done % ckpt_every == 0)
-      if done % log_every == 0 or do_ckpt:
-        means = _flush(pending, writer, pending_from)
-        pending, pending_from = [], done
-        now = time.perf_counter()
-        train_seconds += now - t_mark
-        ips = n_mark * config.batch_size / max(now - t_mark, 1e-9)
-        bar.set_postfix(loss=f"{means['loss']:.4f}", img_s=f"{ips:,.0f}")
-        writer.write(done, "train", {"images_per_s": ips, "learning_rate": float(schedule(done))})
-        if do_eval:
-          last_eval = evaluate_split(state, eval_step, builder=builder, info=info,
-                                     split=config.eval_split, config=config, mesh=mesh)
-          writer.write(done, "eval", {k: last_eval[k] for k in ("loss", "accuracy", "macro_f1")})
-          tqdm.tqdm.write(_summary_line(done, last_eval))
-        if do_ckpt:
-          checkpointer.save(done, state, meta,
-                            metrics={"accuracy": last_eval["accuracy"]} if do_eval else None)
-        t_mark, n_mark = time.perf_counter(), 0
-    bar.close()
+    def evaluate(state):
+      return evaluate_split(state, eval_step, builder=builder, info=info,
+                            split=config.eval_split, config=config, mesh=mesh)
+
+    state, last_eval, train_seconds = loop.run(
+        state, train_step, itertools.chain([first], train_iter), mesh=mesh,
+        start_step=start_step, total_steps=total_steps, batch_size=config.batch_size,
+        writer=writer, checkpointer=checkpointer, meta=meta, schedule=schedule,
+        evaluate=evaluate, summary_line=_summary_line, best_metric="accuracy",
+        eval_scalars=lambda ev: {k: ev[k] for k in ("loss", "accuracy", "macro_f1")},
+        eval_every=eval_every, log_every=config.get("log_every_steps", 50),
+        checkpoint_every=config.get("checkpoint_every_steps", -1),
+        postfix=("loss", "accuracy"), disable_progress_bar=config.get("disable_progress_bar"))
     if last_eval is None:  # Already complete: evaluate what the checkpoint holds.
-      last_eval = evaluate_split(state, eval_step, builder=builder, info=info,
-                                 split=config.eval_split, config=config, mesh=mesh)
+      last_eval = evaluate(state)
       print(_summary_line(int(state.step), last_eval))
     results = {
         "config": config.to_dict(),

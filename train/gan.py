@@ -28,7 +28,6 @@ test set, and the Frechet distance between real train and test features). Withou
 from __future__ import annotations
 
 import json
-import math
 import pathlib
 import time
 
@@ -44,7 +43,7 @@ from jaxvision.metrics import generative
 from jaxvision.models import gan as gan_models
 from jaxvision.training import checkpoint as ckpt_lib
 from jaxvision.training import gan as gan_lib
-from jaxvision.training import optim, reporting, sharding, steps as steps_lib
+from jaxvision.training import loop, optim, reporting, sharding, steps as steps_lib
 from train import classification
 
 GENERATORS = {"Generator": gan_models.Generator,
@@ -304,17 +303,8 @@ def _plot_interpolation(sampler, variables, config, num_classes, class_names, pa
 
 def _flush(pending, writer, first_step) -> dict:
   """Fetches queued per-step metrics, stops on NaN/inf, writes their mean."""
-  fetched = jax.device_get(pending)
-  for i, m in enumerate(fetched):
-    for key in GUARDED_METRICS:
-      if not math.isfinite(float(m[key])):
-        raise classification.DivergenceError(
-            f"the GAN {key} became {float(m[key])} at step {first_step + i + 1} (expected a "
-            f"finite value): training diverged. No checkpoint was written after the "
-            f"divergence; lower the learning rates or switch config.loss.")
-  means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
-  writer.write(first_step + len(fetched), "train", means)
-  return means
+  return loop.flush_metrics(pending, writer, first_step, guarded=GUARDED_METRICS, what="GAN",
+                            hint="lower the learning rates or switch config.loss")
 
 
 def _check_image_range(batch):

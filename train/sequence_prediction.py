@@ -24,6 +24,7 @@ Running the same command with the same workdir resumes from the latest checkpoin
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import pathlib
 import time
@@ -34,13 +35,12 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-import tqdm
 from absl import logging
 
 from jaxvision import models
 from jaxvision.data import moving_mnist, paths, pipeline
 from jaxvision.training import checkpoint as ckpt_lib
-from jaxvision.training import optim, reporting, sharding, state as state_lib
+from jaxvision.training import loop, optim, reporting, sharding, state as state_lib
 from jaxvision.training import sequence_steps, steps as steps_lib
 from train import classification
 
@@ -54,8 +54,9 @@ def make_builder(data: ml_collections.ConfigDict) -> moving_mnist.MovingMnist:
   """A prepared ``MovingMnist`` builder for ``config.data``.
 
   ``builder_config`` 'default' or 'small' uses the builder's own configs; 'custom' sizes it with
-  ``num_train``, ``num_test``, ``data_seed``, ``num_frames`` and ``frame_size`` under a name that encodes them and the digits' folder, so different settings never share
-  prepared records.
+  ``num_train``, ``num_test``, ``data_seed``, ``num_frames`` and ``frame_size`` under a name
+  holding a hash of them and of the digits' folder, so different settings never share prepared
+  records.
   """
   name = data.get("builder_config", "custom")
   if name not in BUILDER_CONFIGS:
@@ -112,8 +113,8 @@ def create_model(config, num_output_frames: int):
   if configured != num_output_frames:
     raise ValueError(f"config.model.num_output_frames={configured} but the data has "
                      f"{num_output_frames} target frames per sequence")
-  return FORECASTERS[name](num_output_frames=num_output_frames,
-                           dtype=classification._dtype(config), **kwargs)  # pylint: disable=protected-access
+  dtype = classification._dtype(config)  # pylint: disable=protected-access
+  return FORECASTERS[name](num_output_frames=num_output_frames, dtype=dtype, **kwargs)
 
 
 def evaluate_split(state, eval_step, frames: np.ndarray, *, example_fn, config, mesh) -> dict:
@@ -192,53 +193,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     train_step = train_step.lower(state, sharding.shard_batch(first, mesh)).compile()
     compile_seconds = time.perf_counter() - t0
 
-    def evaluate():
+    def evaluate(state):
       return evaluate_split(state, eval_step, test_frames, example_fn=example_fn, config=config,
                             mesh=mesh)
 
     eval_every = config.get("eval_every_steps", -1)
-    eval_every = eval_every if eval_every > 0 else total_steps
-    log_every = max(1, config.get("log_every_steps", 50))
-    ckpt_every = config.get("checkpoint_every_steps", -1)
-
-    train_seconds, last_eval = 0.0, None
-    pending, pending_from = [], start_step
-    batch = first
-    bar = tqdm.tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
-                    dynamic_ncols=True, disable=config.get("disable_progress_bar", None))
-    t_mark, n_mark = time.perf_counter(), 0
-    for step in range(start_step, total_steps):
-      if batch is None:
-        batch = next(train_iter)
-      state, metrics = train_step(state, sharding.shard_batch(batch, mesh))
-      batch = None
-      pending.append(metrics)
-      done = step + 1
-      bar.update(1)
-      n_mark += 1
-      do_eval = done % eval_every == 0 or done == total_steps
-      do_ckpt = do_eval or (ckpt_every > 0 and done % ckpt_every == 0)
-      if done % log_every == 0 or do_ckpt:
-        means = classification._flush(pending, writer, pending_from)  # pylint: disable=protected-access
-        pending, pending_from = [], done
-        now = time.perf_counter()
-        train_seconds += now - t_mark
-        sps = n_mark * config.batch_size / max(now - t_mark, 1e-9)
-        bar.set_postfix(loss=f"{means['loss']:.4f}", mse=f"{means['mse']:.4f}")
-        writer.write(done, "train", {"sequences_per_s": sps,
-                                     "learning_rate": float(schedule(done))})
-        if do_eval:
-          last_eval = evaluate()
-          writer.write(done, "eval", {k: v for k, v in last_eval.items()
-                                      if isinstance(v, float)})
-          tqdm.tqdm.write(_summary_line(done, last_eval))
-        if do_ckpt:
-          checkpointer.save(done, state, meta,
-                            metrics={"mse": last_eval["mse"]} if do_eval else None)
-        t_mark, n_mark = time.perf_counter(), 0
-    bar.close()
+    state, last_eval, train_seconds = loop.run(
+        state, train_step, itertools.chain([first], train_iter), mesh=mesh,
+        start_step=start_step, total_steps=total_steps, batch_size=config.batch_size,
+        writer=writer, checkpointer=checkpointer, meta=meta, schedule=schedule,
+        evaluate=evaluate, summary_line=_summary_line, best_metric="mse",
+        eval_scalars=lambda ev: {k: v for k, v in ev.items() if isinstance(v, float)},
+        eval_every=eval_every if eval_every > 0 else total_steps,
+        log_every=config.get("log_every_steps", 50),
+        checkpoint_every=config.get("checkpoint_every_steps", -1),
+        throughput_name="sequences_per_s", postfix=("loss", "mse"),
+        disable_progress_bar=config.get("disable_progress_bar"))
     if last_eval is None:  # Already complete: evaluate what the checkpoint holds.
-      last_eval = evaluate()
+      last_eval = evaluate(state)
       print(_summary_line(int(state.step), last_eval))
     results = {
         "config": config.to_dict(),

@@ -41,9 +41,11 @@ def mnist_folder(tmp_path_factory):
   return folder
 
 
-@pytest.fixture(autouse=True)
-def _tfds_dir(tmp_path_factory, monkeypatch):
-  monkeypatch.setenv(paths.TFDS_ENV_VAR, str(tmp_path_factory.getbasetemp() / "seq_tfds"))
+@pytest.fixture(scope="module", autouse=True)
+def _tfds_dir(tmp_path_factory):
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv(paths.TFDS_ENV_VAR, str(tmp_path_factory.mktemp("seq_tfds")))
+    yield
 
 
 def _config(mnist_folder, **overrides):
@@ -56,7 +58,7 @@ def _config(mnist_folder, **overrides):
   c.eval_batch_size = 8  # 6 test sequences: one batch with 2 padding rows
   c.num_train_steps = 4
   c.log_every_steps = 1
-  c.eval_every_steps = 2
+  c.eval_every_steps = 4
   c.checkpoint_every_steps = 1
   c.optimizer.warmup_steps = 1
   c.num_plot_sequences = 2
@@ -79,8 +81,10 @@ def _numpy_baselines(mnist_folder):
   return mse, bce, blank
 
 
-def test_cli_writes_results_and_baselines_match_numpy(tmp_path, mnist_folder):
-  workdir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory, mnist_folder, _tfds_dir):
+  """An uninterrupted run of ``_config`` through ``python -m train.main``: (workdir, stdout)."""
+  workdir = tmp_path_factory.mktemp("cli") / "run"
   c = _config(mnist_folder)
   overrides = [f"--config.data.{k}={v}" for k, v in c.data.items() if v is not None]
   overrides += ["--config.model.stem_features=(4,)", "--config.model.hidden_features=(4,)"]
@@ -93,8 +97,12 @@ def test_cli_writes_results_and_baselines_match_numpy(tmp_path, mnist_folder):
        f"--workdir={workdir}", "--config.optimizer.warmup_steps=1", *overrides],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert "test MSE" in out.stdout
+  return workdir, out.stdout
 
+
+def test_cli_writes_results_and_baselines_match_numpy(cli_run, mnist_folder):
+  workdir, stdout = cli_run
+  assert "test MSE" in stdout
   results = json.loads((workdir / "results.json").read_text())
   ev = results["eval"]
   assert results["steps"] == 4 and ev["num_examples"] == NUM_TEST
@@ -114,7 +122,8 @@ def test_cli_writes_results_and_baselines_match_numpy(tmp_path, mnist_folder):
   assert ev["baseline_bce"] == pytest.approx(bce.mean(), rel=1e-5)
 
   records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
-  assert [r["step"] for r in records if r["kind"] == "eval"] == [2, 4]
+  assert [r["step"] for r in records if r["kind"] == "eval"] == [4]
+  assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
   for png in ("curves.png", "predictions.png"):
     assert (workdir / "plots" / png).stat().st_size > 5000
@@ -132,17 +141,22 @@ def _final_params(workdir, config):
     meta = ckpt.read_meta(step)
     model = sequence_prediction.create_model(config, NUM_FRAMES - NUM_INPUT)
     tx, _ = optim.make_optimizer(config.optimizer, config.num_train_steps)
-    target = state_lib.create_train_state(model, tx, input_shape=meta["input_shape"],
-                                          rng=jax.random.PRNGKey(1))
+    # An abstract target (nothing compiled or allocated) placed on one device.
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
+        jax.eval_shape(lambda: state_lib.create_train_state(
+            model, tx, input_shape=meta["input_shape"], rng=jax.random.PRNGKey(1))))
     state = ckpt.restore(step, target, meta, check_keys=sequence_prediction.CHECK_KEYS)
     return step, jax.device_get(state.params)
   finally:
     ckpt.close()
 
 
-def test_resumed_run_matches_uninterrupted_run(tmp_path, mnist_folder, monkeypatch):
+def test_resumed_run_matches_uninterrupted_run(cli_run, tmp_path, mnist_folder, monkeypatch):
   config = _config(mnist_folder)
-  full = sequence_prediction.train_and_evaluate(config, tmp_path / "full")
+  full_dir = cli_run[0]
+  full = json.loads((full_dir / "results.json").read_text())
 
   real = pipeline.make_array_train_iterator
 
@@ -160,7 +174,7 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, mnist_folder, monkeypat
   resumed = sequence_prediction.train_and_evaluate(config, tmp_path / "resumed")
 
   assert resumed["resumed_from_step"] == 3 and resumed["steps"] == full["steps"] == 4
-  step_full, p_full = _final_params(tmp_path / "full", config)
+  step_full, p_full = _final_params(full_dir, config)
   step_res, p_res = _final_params(tmp_path / "resumed", config)
   assert step_full == step_res == 4
   for a, b in zip(jax.tree_util.tree_leaves(p_full), jax.tree_util.tree_leaves(p_res)):
