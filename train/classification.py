@@ -296,8 +296,8 @@ def load_classifier(workdir, *, checkpoint: str = "best", config=None):
     results = workdir / "results.json"
     if not results.is_file():
       raise FileNotFoundError(
-          f"no results.json in classifier workdir {workdir}: finish its training run "
-          f"(python -m train.main --config=train/configs/mnist_cnn.py --workdir={workdir}) or "
+          f"no results.json in classifier workdir {workdir}: finish its training run (e.g. "
+          f"python -m train.main --config=train/configs/mnist_cnn.py --workdir={workdir}) or "
           f"pass its config")
     config = ml_collections.ConfigDict(json.loads(results.read_text())["config"])
   state, meta, step, _ = _restore_for_inference(config, workdir, checkpoint)

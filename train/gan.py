@@ -179,8 +179,9 @@ class QualityEvaluator:
 
     Returns:
       ``classifier_score``, ``frechet_classifier_distance`` (to the real test features), the
-      :attr:`reference` values, ``num_samples`` and, with labels, ``conditional_accuracy`` and
-      ``per_class_accuracy`` (``{class name: accuracy}``).
+      :attr:`reference` values, ``num_samples``, ``predicted_class_fractions`` (``[K]``, the
+      share of samples classified as each class) and, with labels, ``conditional_accuracy``
+      and ``per_class_accuracy`` (``{class name: accuracy}``).
     """
     images_uint8 = np.asarray(images_uint8)
     expected = tuple(self.meta["dataset_image_shape"])
@@ -189,12 +190,15 @@ class QualityEvaluator:
                        f"dataset's); found {images_uint8.dtype} {images_uint8.shape}")
     probs, feats = generative.classifier_features(
         self.apply_fn, self.variables, self._classifier_inputs(images_uint8), self.batch_size)
+    predicted = np.bincount(np.argmax(probs, axis=1), minlength=probs.shape[1]) / len(probs)
     out = {
         "num_samples": int(len(probs)),
         "classifier_score": generative.classifier_score(probs),
         "frechet_classifier_distance": generative.frechet_distance(
             *generative.gaussian_stats(feats), *self._test_stats),
         **self.reference,
+        # Share of the samples the classifier assigns to each class (mode dropping shows here).
+        "predicted_class_fractions": [float(f) for f in predicted],
     }
     if labels is not None:
       per_class = generative.per_class_accuracy(probs, labels)
@@ -213,6 +217,10 @@ def summary_line(ev: dict) -> str:
           f"(real test {ev['real_classifier_score']:.3f}) | Frechet classifier distance "
           f"{ev['frechet_classifier_distance']:.3f} (real train-test "
           f"{ev['real_train_test_distance']:.3f}) | {ev['num_samples']} samples")
+  fractions = ev.get("predicted_class_fractions")
+  if fractions and "conditional_accuracy" not in ev:
+    rare = int(np.argmin(fractions))
+    line += f" | rarest class {rare}: {100 * fractions[rare]:.1f}% of samples"
   if "conditional_accuracy" in ev:
     worst = min(ev["per_class_accuracy"], key=ev["per_class_accuracy"].get)
     line += (f" | conditional accuracy {ev['conditional_accuracy']:.4f} (lowest class "

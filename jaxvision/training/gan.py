@@ -42,6 +42,9 @@ from jaxvision import losses
 from jaxvision.training.sharding import batch_sharding, replicated
 
 FAKE_LABEL_MODES = ("random", "batch")
+# The initializer runs once: compiling it without XLA's backend optimizations cuts its compile
+# time about 3x on CPU (dozens of unrolled threefry blocks) at no cost that matters.
+INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 # EMA warm-up: the decay used at step t is min(ema_decay, (1 + t) / (EMA_WARMUP + t)), so the
 # average forgets the random initialisation quickly (as tf.train.ExponentialMovingAverage
 # with num_updates).
@@ -135,7 +138,8 @@ def create_gan_state(generator: nn.Module, discriminator: nn.Module,
   """
   out_sharding = None if mesh is None else replicated(mesh)
   image_shape = tuple(int(d) for d in image_shape)
-  init_variables = jax.jit(_init_variables, static_argnums=(0, 1, 2), out_shardings=out_sharding)
+  init_variables = jax.jit(_init_variables, static_argnums=(0, 1, 2), out_shardings=out_sharding,
+                           compiler_options=INIT_COMPILER_OPTIONS)
 
   def assemble(g_vars, d_vars, state_rng):
     g_params, d_params = g_vars["params"], d_vars["params"]
@@ -146,15 +150,13 @@ def create_gan_state(generator: nn.Module, discriminator: nn.Module,
         d_opt_state=d_tx.init(d_params), rng=state_rng,
         g_ema_params=jax.tree.map(jnp.copy, g_params) if ema else None, g_tx=g_tx, d_tx=d_tx)
 
-  def create(rng):
-    variables = init_variables(generator, discriminator, image_shape, rng)
-    return jax.jit(assemble, out_shardings=out_sharding)(*variables)
-
-  if not abstract:
-    return create(rng)
-  shapes = jax.eval_shape(create, rng)
-  return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=out_sharding),
-                      shapes)
+  if abstract:
+    shapes = jax.eval_shape(
+        lambda r: assemble(*_init_variables(generator, discriminator, image_shape, r)), rng)
+    return jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=out_sharding), shapes)
+  variables = init_variables(generator, discriminator, image_shape, rng)
+  return jax.jit(assemble, out_shardings=out_sharding)(*variables)
 
 
 def _sample_labels(rng, batch: int, num_classes: int | None):

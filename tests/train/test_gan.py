@@ -50,7 +50,7 @@ def classifier_dir(tmp_path_factory):
   """A (barely) trained digits classifier: its workdir, as the GAN evaluation expects."""
   workdir = tmp_path_factory.mktemp("classifier")
   c = digits_cnn.get_config()
-  c.batch_size, c.num_train_steps, c.eval_every_steps = 32, 30, 30
+  c.batch_size, c.num_train_steps, c.eval_every_steps = 32, 20, 20
   c.optimizer.warmup_steps = 2
   c.disable_progress_bar = True
   classification.train_and_evaluate(c, workdir)
@@ -83,6 +83,8 @@ def test_diverged_run_stops_then_resumes_to_match_an_uninterrupted_run(tmp_path,
   """A NaN batch at step 5 stops the run with no checkpoint after step 4; rerun with clean
   data, it resumes from step 4 and ends where an uninterrupted run ends."""
   config = _config(eval_every_steps=8, num_devices=1)
+  config.discriminator.normalization = "none"
+  config.loss = "non_saturating"
   full = gan.train_and_evaluate(config, tmp_path / "full")
 
   real = pipeline.make_train_iterator
@@ -140,11 +142,14 @@ def test_quality_of_real_test_images_matches_the_classifier(classifier_dir):
   for k in range(10):
     np.testing.assert_allclose(ev["per_class_accuracy"][str(k)],
                                cls_eval["per_class"][str(k)]["recall"], atol=1e-12)
+  cm = np.asarray(cls_eval["confusion_matrix"])  # rows true, columns predicted
+  np.testing.assert_allclose(ev["predicted_class_fractions"], cm.sum(0) / cm.sum(), atol=1e-12)
   np.testing.assert_allclose(ev["classifier_score"], ev["real_classifier_score"], rtol=1e-9)
   assert abs(ev["frechet_classifier_distance"]) < 1e-6 * ev["real_train_test_distance"] + 1e-8
 
-  # References in float64 from the classifier's outputs on the digits as sklearn stores them.
-  apply_fn, variables, meta = classification.load_classifier(classifier_dir)
+  # References in float64 from the classifier's outputs on the digits as sklearn stores them
+  # (the evaluator holds the classifier that train.classification.load_classifier restored).
+  apply_fn, variables, meta = evaluator.apply_fn, evaluator.variables, evaluator.meta
 
   def outputs(x):
     # pp 'resize(16)|value_range(0, 1)': bilinear, half-pixel centres, rounded to uint8.
@@ -169,8 +174,10 @@ def test_quality_of_real_test_images_matches_the_classifier(classifier_dir):
 
 
 def test_conditional_run_outputs_and_generate(tmp_path, classifier_dir):
+  # Two devices exercise the sharded sampler; an unnormalised critic compiles fastest.
   config = _config(conditional=True, classifier_workdir=str(classifier_dir),
-                   checkpoint_every_steps=-1)
+                   checkpoint_every_steps=-1, num_devices=2)
+  config.discriminator.normalization = "none"
   results = gan.train_and_evaluate(config, tmp_path)
   ev = results["eval"]
   assert ev["step"] == 8 and ev["num_samples"] == 200 and ev["generator"] == "ema"
@@ -225,3 +232,8 @@ def test_cli_train_and_generate(tmp_path):
   out = subprocess.run(base + ["--mode=predict"], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=300)
   assert out.returncode != 0 and "not available for config.task 'gan'" in out.stderr
+
+
+def test_classifier_workdir_without_a_finished_run_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no results.json in classifier workdir"):
+    gan.train_and_evaluate(_config(classifier_workdir=str(tmp_path / "cls")), tmp_path / "run")

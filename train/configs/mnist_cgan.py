@@ -15,7 +15,5 @@ def get_config():
   c = mnist_dcgan.gan_config()
   c.generator.name = "ConditionalGenerator"
   c.generator.embed_dim = 50
-  c.discriminator.name = "ProjectionDiscriminator"
-  c.discriminator.normalization = "spectral"
-  c.loss = "hinge"
+  c.discriminator.name = "ProjectionDiscriminator"  # spectral norm and hinge loss as mnist_dcgan
   return c

@@ -1,4 +1,11 @@
-"""DCGAN on MNIST: non-saturating loss, BatchNorm in both networks, EMA generator.
+"""DCGAN on MNIST: DCGAN generator (BatchNorm) and a spectrally normalised DCGAN
+discriminator, hinge loss, EMA generator.
+
+The original DCGAN recipe (BatchNorm discriminator, ``loss='non_saturating'``) is one override
+away (``--config.discriminator.normalization=batch --config.loss=non_saturating``); on this
+budget it reached a classifier score of only 6.4 after 3000 steps (many malformed digits,
+9s and 7s over-represented), where the spectrally normalised critic with the hinge loss
+trains faster and keeps the classes balanced.
 
 Sized for a small CPU (base_features 48, batch 64, 8000 steps: about 0.3 s per step on a
 shared 2-core machine). Quality is
@@ -34,9 +41,9 @@ def gan_config() -> ml_collections.ConfigDict:
   c.generator = ml_collections.ConfigDict({"name": "Generator", "latent_dim": 100,
                                            "base_features": 48})
   c.discriminator = ml_collections.ConfigDict({"name": "Discriminator", "base_features": 48,
-                                               "normalization": "batch"})
+                                               "normalization": "spectral"})
   c.dtype = "float32"
-  c.loss = "non_saturating"  # or 'hinge'
+  c.loss = "hinge"  # or 'non_saturating'
   c.fake_labels = "random"  # conditional models: labels of generated images ('random'|'batch')
   c.g_optimizer = _adam(2e-4)
   c.d_optimizer = _adam(2e-4)
