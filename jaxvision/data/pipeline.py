@@ -203,7 +203,7 @@ def _local_batch(global_batch_size: int, process_index: int | None,
   return process_index, process_count, global_batch_size // process_count
 
 
-def _load_split(builder: tfds.core.DatasetBuilder, info: DatasetInfo,
+def load_split(builder: tfds.core.DatasetBuilder, info: DatasetInfo,
                 split: str) -> tuple[np.ndarray, np.ndarray]:
   """The decoded split in stored order: images ``[N, H, W, C]`` and int32 labels ``[N]``."""
   expected = split_size(info, split)
@@ -282,7 +282,7 @@ def make_train_iterator(builder: tfds.core.DatasetBuilder, info: DatasetInfo, *,
   steps_per_epoch(info, split, global_batch_size)
   if start_step < 0:
     raise ValueError(f"start_step must be >= 0, got {start_step}")
-  images, labels = _load_split(builder, info, split)
+  images, labels = load_split(builder, info, split)
   return make_array_train_iterator(
       {"image": images, "label": labels}, _example_fn(pp), global_batch_size=global_batch_size,
       seed=seed, start_step=start_step, process_index=process_index,
@@ -368,7 +368,7 @@ def make_eval_iterator(builder: tfds.core.DatasetBuilder, info: DatasetInfo, *, 
     ``{'image': float32 [B_local, ...], 'label': int32 [B_local], 'mask': bool [B_local]}``.
   """
   _local_batch(global_batch_size, process_index, process_count)
-  images, labels = _load_split(builder, info, split)
+  images, labels = load_split(builder, info, split)
   if len(labels) == 0:
     raise ValueError(f"split {split!r} of dataset {info.name!r} is empty")
   return make_array_eval_iterator({"image": images, "label": labels}, _example_fn(pp),

@@ -32,6 +32,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxvision.models.layers import Conv
+
 Dtype = Any
 
 # DCGAN initialisation: weights ~ N(0, 0.02).
@@ -234,6 +236,9 @@ class _DiscriminatorTrunk(nn.Module):
   ``n`` blocks of ``Conv(4x4, stride 2) -> [norm] -> LeakyReLU(0.2)`` with
   ``base_features * 2**i`` channels (no BatchNorm in block 0), flattened:
   ``D = h0 * w0 * base_features * 2**(n-1)`` (6272 for 28x28, 4096 for 32x32 at F=64).
+  With ``stride1_convs=True`` each block starts with a ``Conv(3x3, stride 1) -> [norm] ->
+  LeakyReLU`` of the block's input width, as in the SN-GAN "standard CNN" critic (Miyato
+  et al. 2018, table 3): twice the depth, same output size.
   """
 
   base_features: int = 64
@@ -241,6 +246,7 @@ class _DiscriminatorTrunk(nn.Module):
   spectral_norm_steps: int = 1
   bn_momentum: float = 0.9
   dtype: Dtype = jnp.float32
+  stride1_convs: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -249,7 +255,15 @@ class _DiscriminatorTrunk(nn.Module):
       raise ValueError(f"images must have shape [B, H, W, C], got {x.shape}")
     _, _, n = spatial_plan(x.shape[1], x.shape[2])
     for i in range(n):
-      conv = nn.Conv(self.base_features * 2**i, (4, 4), strides=(2, 2), padding="SAME",
+      if self.stride1_convs:
+        width = self.base_features * 2**max(i - 1, 0)
+        conv = Conv(width, (3, 3), padding="SAME", use_bias=self.normalization != "batch"
+                       or i == 0, kernel_init=DCGAN_INIT, dtype=self.dtype, name=f"conv{i}_3x3")
+        x = _normalized(conv, self.normalization, self.spectral_norm_steps, x, train)
+        if self.normalization == "batch" and i > 0:
+          x = _batch_norm(self, train, f"conv{i}_3x3_bn")(x)
+        x = nn.leaky_relu(x, LEAKY_RELU_SLOPE)  # [B, H / 2**i, W / 2**i, width]
+      conv = Conv(self.base_features * 2**i, (4, 4), strides=(2, 2), padding="SAME",
                      use_bias=self.normalization != "batch" or i == 0,
                      kernel_init=DCGAN_INIT, dtype=self.dtype, name=f"conv{i}")
       x = _normalized(conv, self.normalization, self.spectral_norm_steps, x, train)
@@ -275,6 +289,8 @@ class Discriminator(nn.Module):
     spectral_norm_steps: power iterations per call for spectral norm.
     bn_momentum: BatchNorm running-average momentum.
     dtype: computation dtype (parameters stay float32; logits are returned as float32).
+    stride1_convs: add a 3x3 stride-1 convolution before each strided one (SN-GAN's deeper
+      critic; see ``_DiscriminatorTrunk``).
   """
 
   base_features: int = 64
@@ -282,6 +298,7 @@ class Discriminator(nn.Module):
   spectral_norm_steps: int = 1
   bn_momentum: float = 0.9
   dtype: Dtype = jnp.float32
+  stride1_convs: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -297,7 +314,7 @@ class Discriminator(nn.Module):
     """
     features = _DiscriminatorTrunk(self.base_features, self.normalization,
                                    self.spectral_norm_steps, self.bn_momentum, self.dtype,
-                                   name="trunk")(jnp.asarray(x), train=train)
+                                   self.stride1_convs, name="trunk")(jnp.asarray(x), train=train)
     head = nn.Dense(1, kernel_init=DCGAN_INIT, dtype=self.dtype, name="logit")
     logits = _normalized(head, self.normalization, self.spectral_norm_steps, features, train)
     return logits[:, 0].astype(jnp.float32), {"features": features}
@@ -312,7 +329,8 @@ class ProjectionDiscriminator(nn.Module):
 
   Attributes:
     num_classes: number of classes; labels are ints in ``[0, num_classes)``.
-    base_features, spectral_norm_steps, bn_momentum, dtype: as in :class:`Discriminator`.
+    base_features, spectral_norm_steps, bn_momentum, dtype, stride1_convs: as in
+      :class:`Discriminator`.
     normalization: as in :class:`Discriminator`, default ``'spectral'`` as in the paper
       (spectral norm then also covers ``psi`` and the class embedding).
   """
@@ -323,6 +341,7 @@ class ProjectionDiscriminator(nn.Module):
   spectral_norm_steps: int = 1
   bn_momentum: float = 0.9
   dtype: Dtype = jnp.float32
+  stride1_convs: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, y: jax.Array, *,
@@ -344,7 +363,7 @@ class ProjectionDiscriminator(nn.Module):
     _check_labels(y, x.shape[0])
     features = _DiscriminatorTrunk(self.base_features, self.normalization,
                                    self.spectral_norm_steps, self.bn_momentum, self.dtype,
-                                   name="trunk")(x, train=train)  # [B, D]
+                                   self.stride1_convs, name="trunk")(x, train=train)  # [B, D]
     head = nn.Dense(1, kernel_init=DCGAN_INIT, dtype=self.dtype, name="psi")
     psi = _normalized(head, self.normalization, self.spectral_norm_steps, features, train)[:, 0]
     embed = nn.Embed(self.num_classes, features.shape[-1], dtype=self.dtype, name="class_embed")

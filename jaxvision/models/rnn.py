@@ -26,6 +26,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxvision.models.layers import Conv
+
 Array = jax.Array
 Dtype = Any
 
@@ -232,7 +234,7 @@ class RowLSTMClassifier(SequenceClassifier):
 
 
 class SameConv2D(nn.Module):
-  """Stride-1, SAME-padded 2D convolution with ``nn.Conv``'s parameters and initializers.
+  """Stride-1, SAME-padded 2D convolution with ``Conv``'s parameters and initializers.
 
   ``kernel [kh, kw, C, features]`` (LeCun normal), ``bias [features]`` (zeros); inputs
   ``[..., H, W, C]`` -> ``[..., H, W, features]``. SAME pads ``(k - 1) // 2`` before and the rest
@@ -385,7 +387,7 @@ class ConvLSTMForecaster(nn.Module):
 
     y = jnp.asarray(frames, self.dtype or jnp.float32).reshape(-1, height, width, channels)
     for i, feat in enumerate(self.stem_features):
-      y = nn.relu(nn.Conv(feat, (3, 3), strides=2, padding='SAME', dtype=self.dtype,
+      y = nn.relu(Conv(feat, (3, 3), strides=2, padding='SAME', dtype=self.dtype,
                           name=f'stem_{i}')(y))
     y = y.reshape(b, t_in, *y.shape[1:])  # [B, T_in, h, w, stem]
 
@@ -411,8 +413,8 @@ class ConvLSTMForecaster(nn.Module):
       # Learned stride-2 upsampling in sub-pixel form: a 3x3 conv to 4 * feat channels, then
       # each pixel's channels become a 2x2 block. It can express any 4x4 stride-2 transposed
       # conv and is far cheaper to differentiate on XLA:CPU than nn.ConvTranspose.
-      y = nn.Conv(4 * feat, (3, 3), padding='SAME', dtype=self.dtype, name=f'up_{i}')(y)
+      y = Conv(4 * feat, (3, 3), padding='SAME', dtype=self.dtype, name=f'up_{i}')(y)
       y = nn.relu(depth_to_space(y, 2))
-    logits = nn.Conv(channels, (3, 3), padding='SAME', dtype=self.dtype, name='to_frames')(y)
+    logits = Conv(channels, (3, 3), padding='SAME', dtype=self.dtype, name='to_frames')(y)
     logits = logits.reshape(b, self.num_output_frames, height, width, channels)
     return logits, {}

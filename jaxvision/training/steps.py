@@ -85,6 +85,43 @@ def predict_step(state, images):
   return jax.nn.softmax(logits, axis=-1)
 
 
+def make_epoch_step(train_step, *, batch_size: int):
+  """Returns ``epoch_step(state, images, labels, key) -> (state, metrics)``: one epoch.
+
+  The whole epoch is one ``lax.scan`` of ``train_step`` over the batches of a permutation of
+  the examples drawn from ``key``; the last ``N % batch_size`` examples of the permutation
+  are dropped. The dataset stays where it is (put it on the device once): each batch is a
+  gather ``images[idx]``, so an epoch needs no host round trip. ``jit`` the result (donating
+  ``state``) to compile an epoch as one program.
+
+  Args (of ``epoch_step``):
+    state: a ``TrainState``.
+    images: ``[N, H, W, C]`` model inputs; labels: ``[N]`` int class ids.
+    key: PRNG key of the epoch's shuffle.
+
+  Returns:
+    ``(state, metrics)``: metrics are ``train_step``'s, averaged over the epoch's steps.
+
+  Raises:
+    ValueError: fewer than ``batch_size`` examples.
+  """
+
+  def epoch_step(state, images, labels, key):
+    n = images.shape[0]
+    steps = n // batch_size
+    if steps == 0:
+      raise ValueError(f"an epoch needs at least batch_size={batch_size} examples, got {n}")
+    order = jax.random.permutation(key, n)[:steps * batch_size].reshape(steps, batch_size)
+
+    def body(state, idx):
+      return train_step(state, {"image": images[idx], "label": labels[idx]})
+
+    state, metrics = jax.lax.scan(body, state, order)
+    return state, jax.tree_util.tree_map(jnp.mean, metrics)
+
+  return epoch_step
+
+
 def jit_train_step(train_step, mesh):
   """``jax.jit`` of ``train_step`` over ``mesh``: batch sharded, state replicated and donated."""
   return jax.jit(train_step, in_shardings=(replicated(mesh), batch_sharding(mesh)),

@@ -86,3 +86,36 @@ def test_eval_step_ignores_padded_examples():
 def test_batch_size_must_split_over_devices():
   with pytest.raises(ValueError, match="batch_size=12 must be divisible by the 8 devices"):
     sharding.check_batch_size(12, sharding.make_mesh(8))
+
+
+def test_epoch_step_equals_the_loop_of_train_steps_over_its_permutation():
+  """One compiled epoch (``lax.scan``) = the per-batch steps over the same shuffled order,
+  dropping the ``N % batch_size`` remainder."""
+  model = models.SimpleCNN(num_classes=4, padding="SAME", dropout_rate=0.2)
+  tx, _ = optim.make_optimizer(ml_collections.ConfigDict(
+      {"name": "adam", "learning_rate": 3e-3, "schedule": "constant"}), 10)
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(37, 12, 12, 1)).astype(np.float32)
+  labels = rng.integers(0, 4, 37).astype(np.int32)
+  key = jax.random.PRNGKey(7)
+
+  def fresh():
+    return state_lib.create_train_state(model, tx, input_shape=(12, 12, 1),
+                                        rng=jax.random.PRNGKey(0))
+
+  train_step = steps.make_train_step()
+  epoch = jax.jit(steps.make_epoch_step(train_step, batch_size=8))
+  s_epoch, m_epoch = epoch(fresh(), images, labels, key)
+
+  order = np.asarray(jax.random.permutation(key, 37))[:32].reshape(4, 8)
+  s_loop, losses = fresh(), []
+  step = jax.jit(train_step)
+  for idx in order:
+    s_loop, m = step(s_loop, {"image": images[idx], "label": labels[idx]})
+    losses.append(float(m["loss"]))
+  assert int(s_epoch.step) == int(s_loop.step) == 4
+  np.testing.assert_allclose(float(m_epoch["loss"]), np.mean(losses), rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(s_epoch.params), jax.tree.leaves(s_loop.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match="at least batch_size=64 examples, got 37"):
+    jax.jit(steps.make_epoch_step(train_step, batch_size=64))(fresh(), images, labels, key)
