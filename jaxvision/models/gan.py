@@ -257,15 +257,16 @@ class _DiscriminatorTrunk(nn.Module):
     for i in range(n):
       if self.stride1_convs:
         width = self.base_features * 2**max(i - 1, 0)
-        conv = Conv(width, (3, 3), padding="SAME", use_bias=self.normalization != "batch"
-                       or i == 0, kernel_init=DCGAN_INIT, dtype=self.dtype, name=f"conv{i}_3x3")
+        conv = Conv(width, (3, 3), padding="SAME",
+                    use_bias=self.normalization != "batch" or i == 0,
+                    kernel_init=DCGAN_INIT, dtype=self.dtype, name=f"conv{i}_3x3")
         x = _normalized(conv, self.normalization, self.spectral_norm_steps, x, train)
         if self.normalization == "batch" and i > 0:
           x = _batch_norm(self, train, f"conv{i}_3x3_bn")(x)
         x = nn.leaky_relu(x, LEAKY_RELU_SLOPE)  # [B, H / 2**i, W / 2**i, width]
       conv = Conv(self.base_features * 2**i, (4, 4), strides=(2, 2), padding="SAME",
-                     use_bias=self.normalization != "batch" or i == 0,
-                     kernel_init=DCGAN_INIT, dtype=self.dtype, name=f"conv{i}")
+                  use_bias=self.normalization != "batch" or i == 0,
+                  kernel_init=DCGAN_INIT, dtype=self.dtype, name=f"conv{i}")
       x = _normalized(conv, self.normalization, self.spectral_norm_steps, x, train)
       if self.normalization == "batch" and i > 0:
         x = _batch_norm(self, train, f"conv{i}_bn")(x)

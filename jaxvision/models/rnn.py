@@ -388,7 +388,7 @@ class ConvLSTMForecaster(nn.Module):
     y = jnp.asarray(frames, self.dtype or jnp.float32).reshape(-1, height, width, channels)
     for i, feat in enumerate(self.stem_features):
       y = nn.relu(Conv(feat, (3, 3), strides=2, padding='SAME', dtype=self.dtype,
-                          name=f'stem_{i}')(y))
+                       name=f'stem_{i}')(y))
     y = y.reshape(b, t_in, *y.shape[1:])  # [B, T_in, h, w, stem]
 
     states = []

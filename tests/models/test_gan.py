@@ -130,6 +130,22 @@ def test_discriminator_parameter_layout_32x32():
   assert set(variables["params"]["trunk"]) == {"conv0", "conv1", "conv1_bn", "conv2", "conv2_bn"}
 
 
+def test_discriminator_stride1_convs_layout_28x28():
+  # SN-GAN-style trunk: each strided conv is preceded by a 3x3 stride-1 conv of the block's
+  # input width (the image's 1 channel -> 48 in block 0, 48 -> 48 in block 1).
+  variables, (logits, aux) = _shapes(
+      gan.Discriminator(base_features=48, normalization="batch", stride1_convs=True),
+      jnp.zeros((2, 28, 28, 1)), train=False)
+  params = variables["params"]["trunk"]
+  assert set(params) == {"conv0_3x3", "conv0", "conv1_3x3", "conv1_3x3_bn", "conv1",
+                         "conv1_bn"}
+  assert params["conv0_3x3"]["kernel"].shape == (3, 3, 1, 48)
+  assert params["conv1_3x3"]["kernel"].shape == (3, 3, 48, 48)
+  assert "bias" not in params["conv1_3x3"]  # BatchNorm follows it
+  assert params["conv1"]["kernel"].shape == (4, 4, 48, 96)
+  assert logits.shape == (2,) and aux["features"].shape == (2, 7 * 7 * 96)
+
+
 @pytest.mark.parametrize("image_shape, feature_dim", [((28, 28, 1), 7 * 7 * 2 * F),
                                                       ((32, 32, 3), 4 * 4 * 4 * F)])
 @pytest.mark.parametrize("normalization", ["batch", "spectral", "none"])
