@@ -9,6 +9,7 @@ import os
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -104,3 +105,42 @@ def test_simple_cnn_gradients_match_keras_with_same_weights():
   ours = [np.asarray(grads[n][k]) for n in order for k in ("kernel", "bias")]
   for a, b in zip(ours, expected):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+class _TextbookSimpleCNN(nn.Module):
+  """SimpleCNN in the textbook order: conv + bias -> ReLU -> max pool (flax's own ops)."""
+  padding: str = "VALID"
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    del train
+    for features in (32, 64):
+      x = nn.max_pool(nn.relu(nn.Conv(features, (3, 3), padding=self.padding)(x)), (2, 2),
+                      strides=(2, 2))
+    x = nn.relu(nn.Dense(64)(x.reshape((x.shape[0], -1))))
+    return nn.Dense(10)(x), {}
+
+
+@pytest.mark.parametrize("padding", ["VALID", "SAME"])
+def test_simple_cnn_equals_the_textbook_order_with_nonzero_biases(padding):
+  """Same parameter tree and initial values as conv -> ReLU -> pool built from nn.Conv and
+  nn.max_pool; with random (also negative) biases, equal logits and gradients."""
+  ours, ref = models.SimpleCNN(num_classes=10, padding=padding), _TextbookSimpleCNN(padding)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(3, 28, 28, 1)), jnp.float32)
+  p_ours = ours.init(jax.random.PRNGKey(1), x, train=False)["params"]
+  p_ref = ref.init(jax.random.PRNGKey(1), x, train=False)["params"]
+  assert jax.tree.structure(p_ours) == jax.tree.structure(p_ref)
+  for a, b in zip(jax.tree.leaves(p_ours), jax.tree.leaves(p_ref)):
+    np.testing.assert_array_equal(a, b)
+  keys = iter(jax.random.split(jax.random.PRNGKey(2), 8))
+  params = jax.tree.map(lambda p: p + 0.1 * jax.random.normal(next(keys), p.shape), p_ref)
+
+  def loss(model):
+    return lambda p: jnp.sum(jnp.sin(model.apply({"params": p}, x, train=False)[0]))
+
+  np.testing.assert_allclose(ours.apply({"params": params}, x, train=False)[0],
+                             ref.apply({"params": params}, x, train=False)[0],
+                             rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(jax.grad(loss(ours))(params)),
+                  jax.tree.leaves(jax.grad(loss(ref))(params))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
