@@ -111,7 +111,7 @@ def _conv_bwd(strides, padding, precision, preferred_element_type, residuals, g)
   # Kernel gradient: batch is the contracted feature axis, input channels the batch axis.
   lhs_t = jnp.moveaxis(lhs, (0, -1), (-1, 0))  # [C_in, *S, B]
   g_t = jnp.moveaxis(g, 0, -2)  # [*O, B, C_out]
-  dw = lax.conv_general_dilated(lhs_t, g_t.astype(lhs_t.dtype), (1,) * n, padding,
+  dw = lax.conv_general_dilated(lhs_t, g_t, (1,) * n, padding,
                                 rhs_dilation=strides, dimension_numbers=dn,
                                 precision=precision)  # [C_in, >= *K, C_out]
   dw = dw[(slice(None), *(slice(0, k) for k in window), slice(None))]
