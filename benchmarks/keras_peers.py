@@ -54,7 +54,7 @@ def make_optimizer(cfg: dict):
   raise ValueError(f"no Keras peer for optimizer {cfg['name']!r}; expected 'adam' or 'sgd'")
 
 
-class _BatchTimer:
+class BatchTimer:
   """Keras callback recording when each train/test/predict batch ends."""
 
   def __init__(self, keras):
@@ -111,7 +111,7 @@ class KerasFitRunner:
     self.model.compile(optimizer=make_optimizer(self.spec.optimizer),
                        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                        metrics=["accuracy"])
-    self.timer = _BatchTimer(keras)
+    self.timer = BatchTimer(keras)
     first_s = self._epoch(2)
     again_s = self._epoch(2)
     return {"compile_s": max(first_s - again_s, 0.0),

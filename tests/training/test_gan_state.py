@@ -192,3 +192,94 @@ def test_standing_batch_stats_are_the_batch_moments():
                              rtol=1e-4, atol=1e-6)
   np.testing.assert_allclose(stats["body"]["project_bn"]["var"], h.var(axis=(0, 1, 2)),
                              rtol=1e-4, atol=1e-6)
+
+
+CODES = 4
+
+
+def _code_models():
+  return (gan.Generator(LATENT, SHAPE, base_features=F, latent_codes=CODES),
+          gan.Discriminator(base_features=F, normalization="none", code_classes=CODES))
+
+
+def test_sample_latents_draws_gaussians_and_uniform_one_hot_codes():
+  generator, _ = _code_models()
+  z, codes = jax.device_get(gan_lib.sample_latents(jax.random.PRNGKey(3), generator, 8000))
+  assert z.shape == (8000, LATENT) and codes.shape == (8000,)
+  np.testing.assert_array_equal(z[:, LATENT - CODES:], np.eye(CODES)[codes])
+  # Uniform codes: each share within 4 standard errors of 1/K.
+  shares = np.bincount(codes, minlength=CODES) / len(codes)
+  assert np.all(np.abs(shares - 1 / CODES) < 4 * np.sqrt(0.25 * 0.75 / 8000)), shares
+  gaussian = z[:, :LATENT - CODES]
+  assert abs(gaussian.mean()) < 0.02 and abs(gaussian.std() - 1) < 0.02
+  # The host (NumPy) composition equals the device one.
+  np.testing.assert_array_equal(gan_lib.compose_latents(gaussian, codes, CODES), z)
+  # No codes: all Gaussian, no code ids.
+  plain, none = gan_lib.sample_latents(jax.random.PRNGKey(3), _models(False)[0], 4)
+  assert none is None and plain.shape == (4, LATENT)
+
+
+def test_latent_code_step_matches_a_hand_written_infogan_step():
+  generator, discriminator = _code_models()
+  lr, weight = 0.1, 0.5
+  tx = optax.sgd(lr)
+  state = gan_lib.create_gan_state(generator, discriminator, tx, tx, image_shape=SHAPE,
+                                   rng=jax.random.PRNGKey(0))
+  batch = _batches(1, seed=2)[0]
+  step = jax.jit(gan_lib.make_gan_step(generator, discriminator, code_weight=weight))
+  new_state, metrics = step(state, batch)
+
+  # Reference: z from the documented prior, cross-entropy of the recognition head written out.
+  d_loss_fn, g_loss_fn = losses.get_gan_losses("non_saturating")
+  z_rng, _ = jax.random.split(jax.random.fold_in(state.rng, 0))
+  gaussian = jax.random.normal(z_rng, (BATCH, LATENT - CODES))
+  codes = jax.random.randint(jax.random.fold_in(z_rng, 1), (BATCH,), 0, CODES)
+  z = jnp.concatenate([gaussian, jax.nn.one_hot(codes, CODES)], axis=1)
+
+  def cross_entropy(code_logits):
+    log_p = jax.nn.log_softmax(code_logits)
+    return -jnp.mean(log_p[jnp.arange(BATCH), codes])
+
+  def fake_images(g_params):
+    images, _ = generator.apply({"params": g_params, "batch_stats": state.g_batch_stats}, z,
+                                train=True, mutable=["batch_stats"])
+    return images
+
+  def d_objective(d_params):
+    real_logits, _ = discriminator.apply({"params": d_params}, batch["image"], train=True)
+    fake_logits, aux = discriminator.apply({"params": d_params},
+                                           fake_images(state.g_params), train=True)
+    adversarial = d_loss_fn(real_logits, fake_logits)
+    code_loss = cross_entropy(aux["code_logits"])
+    return adversarial + weight * code_loss, (adversarial, code_loss, aux["code_logits"])
+
+  (_, (d_loss, code_loss, code_logits)), d_grads = jax.value_and_grad(
+      d_objective, has_aux=True)(state.d_params)
+  d_params = jax.tree.map(lambda p, g: p - lr * g, state.d_params, d_grads)
+
+  def g_objective(g_params):
+    logits, aux = discriminator.apply({"params": d_params}, fake_images(g_params), train=True)
+    return g_loss_fn(logits) + weight * cross_entropy(aux["code_logits"])
+
+  g_grads = jax.grad(g_objective)(state.g_params)
+  g_params = jax.tree.map(lambda p, g: p - lr * g, state.g_params, g_grads)
+
+  np.testing.assert_allclose(metrics["d_loss"], d_loss, rtol=1e-5)
+  np.testing.assert_allclose(metrics["code_loss"], code_loss, rtol=1e-5)
+  np.testing.assert_allclose(metrics["code_accuracy"],
+                             np.mean(np.argmax(code_logits, axis=1) == codes), rtol=0)
+  _assert_trees_close(new_state.d_params, d_params, rtol=1e-4, atol=1e-6)
+  _assert_trees_close(new_state.g_params, g_params, rtol=1e-4, atol=1e-6)
+  # The code term moved the recognition head (it has no other gradient).
+  assert _changed(state.d_params["code_head"], new_state.d_params["code_head"])
+  assert _finite(new_state) and _finite(metrics)
+
+
+def test_latent_code_mismatch_and_weight_are_clear_errors():
+  generator, discriminator = _code_models()
+  with pytest.raises(ValueError, match="latent_codes=4 .* code_classes=0"):
+    gan_lib.make_gan_step(generator, _models(False)[1])
+  with pytest.raises(ValueError, match="latent_codes=0 .* code_classes=4"):
+    gan_lib.make_gan_step(_models(False)[0], discriminator)
+  with pytest.raises(ValueError, match="code_weight must be > 0"):
+    gan_lib.make_gan_step(generator, discriminator, code_weight=0.0)
