@@ -41,7 +41,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxvision.models.layers import Conv
+from jaxvision.models.layers import Conv, ConvTranspose
 
 Dtype = Any
 
@@ -129,10 +129,10 @@ class _GeneratorBody(nn.Module):
     x = nn.relu(_batch_norm(self, train, "project_bn")(x))
     for i in range(n - 1):
       features //= 2
-      x = nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME", use_bias=False,
+      x = ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME", use_bias=False,
                            kernel_init=DCGAN_INIT, dtype=self.dtype, name=f"deconv{i}")(x)
       x = nn.relu(_batch_norm(self, train, f"deconv{i}_bn")(x))  # [B, h0*2**(i+1), ..., F]
-    x = nn.ConvTranspose(channels, (4, 4), strides=(2, 2), padding="SAME",
+    x = ConvTranspose(channels, (4, 4), strides=(2, 2), padding="SAME",
                          kernel_init=DCGAN_INIT, dtype=self.dtype, name="to_image")(x)
     return jnp.tanh(x)  # [B, H, W, C]
 

@@ -1,5 +1,6 @@
-"""jaxvision.ops: static-shape detection ops in pure ``jnp`` (no Flax), and ``conv_general_dilated``
-(a convolution whose gradients stay fast inside loops on XLA:CPU; see ``ops.conv``).
+"""jaxvision.ops: static-shape detection ops in pure ``jnp`` (no Flax), ``conv_general_dilated``
+(a convolution whose gradients stay fast inside loops on XLA:CPU) and ``conv_transpose`` (a
+transposed convolution in sub-pixel form, without the dilated zeros; see ``ops.conv``).
 
 Boxes are ``xyxy`` in pixels unless a name says otherwise. Every op keeps shapes static
 (padded arrays plus masks or counts) and works under ``jax.jit`` and ``jax.vmap``.
@@ -18,7 +19,7 @@ from jaxvision.ops.boxes import box_iou
 from jaxvision.ops.boxes import clip_boxes
 from jaxvision.ops.boxes import generalized_box_iou
 from jaxvision.ops.boxes import small_box_mask
-from jaxvision.ops.conv import conv_general_dilated
+from jaxvision.ops.conv import conv_general_dilated, conv_transpose
 from jaxvision.ops.matcher import BELOW_LOW_THRESHOLD
 from jaxvision.ops.matcher import BETWEEN_THRESHOLDS
 from jaxvision.ops.matcher import match

@@ -7,7 +7,10 @@ dilation, no feature/batch groups) both gradients are written as forward convolu
 same channels-last form, with the operands transposed explicitly:
 
 * input gradient: ``dy`` (dilated by the stride) convolved with the spatially flipped kernel
-  whose in/out axes are swapped, ``[*window, C_out, C_in]``;
+  whose in/out axes are swapped, ``[*window, C_out, C_in]``; for strides > 1 computed in
+  sub-pixel form (:func:`lhs_dilated_conv`: one stride-1 convolution of the undilated ``dy``
+  per output phase), because XLA:CPU multiplies through the inserted zeros of an lhs-dilated
+  convolution (4x the work at stride 2);
 * kernel gradient: the image seen as ``[C_in, *spatial, B]`` (batch as the contracted feature
   axis) convolved with ``dy`` seen as ``[*out_spatial, B, C_out]`` (dilated by the stride),
   giving ``[C_in, *window, C_out]``, transposed to ``[*window, C_in, C_out]``.
@@ -18,11 +21,16 @@ assignment turns those back into its fast (Eigen) convolution, but not inside a 
 (``lax.scan``, ``while``), where they run a naive loop about 25x slower (jax-ml/jax#12868).
 Written explicitly, the gradients are fast in both places. Values are the same up to float
 summation order. Other configurations fall back to ``lax.conv_general_dilated`` unchanged.
+
+:func:`conv_transpose` is ``lax.conv_transpose`` (channels last, ``transpose_kernel=False``)
+in the same sub-pixel form: a DCGAN generator's 4x4 stride-2 transposed convolutions do a
+quarter of the multiply-adds (the DCGAN train step, batch 64: 88 vs 182 ms on a 2-core CPU).
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 from collections.abc import Sequence
 
 import jax
@@ -104,9 +112,7 @@ def _conv_bwd(strides, padding, precision, preferred_element_type, residuals, g)
   flipped = jnp.swapaxes(jnp.flip(rhs, axis=tuple(range(n))), -1, -2)  # [*K, C_out, C_in]
   dx_padding = [(k - 1 - lo, size + lo - 1 - (o - 1) * s)
                 for k, (lo, _), size, o, s in zip(window, padding, in_size, out_size, strides)]
-  dx = lax.conv_general_dilated(g, flipped.astype(g.dtype), (1,) * n, dx_padding,
-                                lhs_dilation=strides, dimension_numbers=dn,
-                                precision=precision)
+  dx = lhs_dilated_conv(g, flipped.astype(g.dtype), strides, dx_padding, precision=precision)
 
   # Kernel gradient: batch is the contracted feature axis, input channels the batch axis.
   lhs_t = jnp.moveaxis(lhs, (0, -1), (-1, 0))  # [C_in, *S, B]
@@ -120,3 +126,90 @@ def _conv_bwd(strides, padding, precision, preferred_element_type, residuals, g)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def lhs_dilated_conv(lhs: jax.Array, rhs: jax.Array, lhs_dilation: Sequence[int], padding,
+                     precision=None) -> jax.Array:
+  """Stride-1 channels-last correlation of the ``lhs_dilation``-dilated ``lhs`` with ``rhs``.
+
+  Equals ``lax.conv_general_dilated(lhs, rhs, (1,) * n, padding, lhs_dilation=lhs_dilation)``
+  for ``lhs [B, *S, C_in]`` and ``rhs [*K, C_in, C_out]`` (padding: explicit ``(lo, hi)``
+  pairs on the dilated input, negative values crop), without touching the inserted zeros.
+  Output position ``i = s * m + r`` only meets the taps ``t`` with ``t = (lo - r) mod s``
+  (mod ``s``), so each of the ``prod(s)`` phases ``r`` is a stride-1 VALID convolution of the
+  undilated input (shifted and padded per phase) with the sub-kernel ``rhs[t0::s]``; the
+  phase outputs are interleaved (depth-to-space). That is ``prod(s)`` times fewer
+  multiply-adds than the dilated form, which XLA:CPU computes over the zeros. This is the
+  sub-pixel form of a transposed convolution (the input gradient of a strided convolution,
+  and ``ConvTranspose``); its gradients are those of :func:`conv_general_dilated`.
+  """
+  n = lhs.ndim - 2
+  dilation = tuple(int(s) for s in lhs_dilation)
+  if all(s == 1 for s in dilation):
+    return conv_general_dilated(lhs, rhs, (1,) * n, padding,
+                                dimension_numbers=_channels_last(lhs.ndim),
+                                precision=precision)
+  window, in_size = rhs.shape[:n], lhs.shape[1:-1]
+  out_size = [s * (h - 1) + 1 + lo + hi - k + 1
+              for s, h, (lo, hi), k in zip(dilation, in_size, padding, window)]
+  if min(out_size) < 1:
+    raise ValueError(f"lhs_dilated_conv: empty output {out_size} for input {in_size}, "
+                     f"kernel {window}, dilation {dilation}, padding {padding}")
+  phases_per_dim = []
+  for s, h, (lo, _), k, size in zip(dilation, in_size, padding, window, out_size):
+    count = -(-size // s)  # outputs per phase (the last phases may be cropped below)
+    per_phase = []
+    for r in range(s):
+      first_tap = (lo - r) % s
+      taps = len(range(first_tap, k, s))
+      offset = (r + first_tap - lo) // s  # input index of tap first_tap at output m = 0
+      # Input window q = offset .. offset + count + taps - 2, zero outside [0, h).
+      pad = (-offset, offset + count + taps - 1 - h)
+      per_phase.append((first_tap, taps, pad))
+    phases_per_dim.append((count, per_phase))
+  counts = [c for c, _ in phases_per_dim]
+  batch, c_out = lhs.shape[0], rhs.shape[-1]
+  out_dtype = jnp.result_type(lhs.dtype, rhs.dtype)
+  outputs = []
+  for phase in itertools.product(*(per_phase for _, per_phase in phases_per_dim)):
+    if any(taps == 0 for _, taps, _ in phase):
+      outputs.append(jnp.zeros((batch, *counts, c_out), out_dtype))
+      continue
+    x = lax.pad(lhs, jnp.zeros((), lhs.dtype),
+                [(0, 0, 0), *((lo, hi, 0) for _, _, (lo, hi) in phase), (0, 0, 0)])
+    kernel = rhs[tuple(slice(t0, None, s) for (t0, _, _), s in zip(phase, dilation))]
+    outputs.append(_conv(x, kernel, (1,) * n, ((0, 0),) * n, precision, None))
+  y = jnp.stack(outputs).reshape(*dilation, batch, *counts, c_out)
+  # [s_1..s_n, B, n_1..n_n, C] -> [B, n_1, s_1, ..., n_n, s_n, C] -> [B, n_1 s_1, ..., C]
+  order = [n] + [a for d in range(n) for a in (n + 1 + d, d)] + [2 * n + 1]
+  y = jnp.transpose(y, order).reshape(batch, *(c * s for c, s in zip(counts, dilation)), c_out)
+  return y[(slice(None), *(slice(0, size) for size in out_size), slice(None))]
+
+
+def conv_transpose_padding(kernel_size: int, stride: int, padding: str) -> tuple[int, int]:
+  """``(lo, hi)`` padding of the dilated input in ``lax.conv_transpose`` ('SAME'/'VALID')."""
+  if padding == "SAME":
+    total = kernel_size + stride - 2
+    lo = kernel_size - 1 if stride > kernel_size - 1 else -(-total // 2)
+  elif padding == "VALID":
+    total = kernel_size + stride - 2 + max(kernel_size - stride, 0)
+    lo = kernel_size - 1
+  else:
+    raise ValueError(f"padding must be 'SAME', 'VALID' or explicit pairs; found {padding!r}")
+  return lo, total - lo
+
+
+def conv_transpose(lhs: jax.Array, rhs: jax.Array, strides: Sequence[int], padding,
+                   precision=None) -> jax.Array:
+  """``lax.conv_transpose`` for channels-last operands, computed in sub-pixel form.
+
+  ``lhs [B, *S, C_in]``, ``rhs [*K, C_in, C_out]`` (``transpose_kernel=False``, as
+  ``flax.linen.ConvTranspose``); ``padding`` is 'SAME', 'VALID' or explicit ``(lo, hi)``
+  pairs on the dilated input. Same values as ``lax.conv_transpose(..., dimension_numbers=
+  ('NHWC', 'HWIO', 'NHWC'))`` up to float summation order; see :func:`lhs_dilated_conv`.
+  """
+  n = lhs.ndim - 2
+  strides = tuple(int(s) for s in strides)
+  if isinstance(padding, str):
+    padding = [conv_transpose_padding(k, s, padding) for k, s in zip(rhs.shape[:n], strides)]
+  return lhs_dilated_conv(lhs, rhs, strides, [tuple(p) for p in padding], precision=precision)

@@ -1,7 +1,9 @@
-"""``ops.conv_general_dilated``: forward and both gradients equal ``lax.conv_general_dilated``'s
-(JAX's own transpose rules, an independent derivation) in float64, for the channels-last
-configurations it handles and for those it passes through."""
+"""``ops.conv_general_dilated`` and ``ops.conv_transpose``: forward and both gradients equal
+``lax.conv_general_dilated``'s / ``lax.conv_transpose``'s (JAX's own rules, an independent
+derivation) in float64, for the channels-last configurations they handle and for those passed
+through; ``layers.ConvTranspose`` is ``flax.linen.ConvTranspose``."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +11,7 @@ import pytest
 from jax import lax
 
 from jaxvision import ops
-from jaxvision.models.layers import Conv
+from jaxvision.models.layers import Conv, ConvTranspose
 
 DN = ("NHWC", "HWIO", "NHWC")
 
@@ -81,3 +83,63 @@ def test_flax_conv_layer_has_flax_parameters_and_gradients_inside_scan():
   g_ref = jax.jit(jax.grad(loss), static_argnums=1)(params, ref)
   for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-5)
+
+
+def _transpose_value_and_grads(conv_transpose, x, w, strides, padding):
+  def f(x, w):
+    y = conv_transpose(x, w, strides, padding)
+    return jnp.sum(jnp.sin(y) * jnp.arange(y.size, dtype=y.dtype).reshape(y.shape) / y.size), y
+
+  (_, y), grads = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(x, w)
+  return y, grads
+
+
+def _lax_conv_transpose(x, w, strides, padding):
+  spatial = "DHW"[-(x.ndim - 2):]
+  dn = (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
+  return lax.conv_transpose(x, w, strides, padding, dimension_numbers=dn)
+
+
+@pytest.mark.parametrize("size,kernel,stride,padding", [
+    ((7, 7), (4, 4), (2, 2), "SAME"),        # the DCGAN generator's upsampling
+    ((6, 5), (3, 3), (2, 2), "VALID"),
+    ((5, 4), (1, 1), (2, 2), "SAME"),        # some phases meet no kernel tap: zeros
+    ((4, 6), (5, 5), (3, 3), "SAME"),
+    ((5, 5), (3, 2), (1, 2), ((1, 0), (2, 3))),
+    ((6, 6), (4, 3), (2, 2), ((-1, 2), (0, -1))),  # negative padding crops
+    ((3, 4, 5), (2, 3, 2), (2, 1, 3), "SAME"),  # 3-d
+])
+def test_conv_transpose_matches_lax_in_float64(size, kernel, stride, padding):
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(2, *size, 3)))
+    w = jnp.asarray(rng.normal(size=(*kernel, 3, 4)))
+    y, (dx, dw) = _transpose_value_and_grads(ops.conv_transpose, x, w, stride, padding)
+    y_ref, (dx_ref, dw_ref) = _transpose_value_and_grads(_lax_conv_transpose, x, w, stride,
+                                                         padding)
+    assert y.shape == y_ref.shape
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_conv_transpose_bad_padding_is_a_clear_error():
+  x, w = jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2))
+  with pytest.raises(ValueError, match="padding must be 'SAME', 'VALID' or explicit pairs"):
+    ops.conv_transpose(x, w, (2, 2), "CIRCULAR")
+
+
+def test_conv_transpose_layer_is_flax_conv_transpose():
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 7, 7, 5))
+  for kw in (dict(padding="SAME"), dict(padding="VALID", use_bias=False)):
+    ours = ConvTranspose(3, (4, 4), strides=(2, 2), **kw)
+    flax_layer = nn.ConvTranspose(3, (4, 4), strides=(2, 2), **kw)
+    variables = flax_layer.init(jax.random.PRNGKey(1), x)
+    mine = ours.init(jax.random.PRNGKey(1), x)
+    assert jax.tree.map(jnp.shape, mine) == jax.tree.map(jnp.shape, variables)
+    for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(variables)):
+      np.testing.assert_array_equal(a, b)  # same initialisers, same names
+    np.testing.assert_allclose(ours.apply(variables, x), flax_layer.apply(variables, x),
+                               rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match=r"expects inputs \[B, \*2 spatial, C\]"):
+    ConvTranspose(3, (4, 4)).init(jax.random.PRNGKey(0), jnp.zeros((7, 7, 5)))
