@@ -128,9 +128,6 @@ def keras_models(cfg):
   if d_cfg.normalization != "spectral" or not d_cfg.stride1_convs:
     raise ValueError("the Keras peer mirrors the spectrally normalised critic with "
                      "stride1_convs=True (the mnist_dcgan config)")
-  if g_cfg.get("dense_features", 0) or g_cfg.get("latent_codes", 0):
-    raise ValueError("the Keras peer mirrors the plain DCGAN generator (no dense layer, no "
-                     "latent codes)")
   f_g, f_d = g_cfg.base_features, d_cfg.base_features
   bn = dict(momentum=0.9, epsilon=1e-5)
   generator = keras.Sequential([

@@ -9,8 +9,7 @@ Workdir layout::
     <workdir>/tensorboard/             TensorBoard event files
     <workdir>/results.json             config, steps, timings and the final evaluation
     <workdir>/plots/samples_<step>.png sample grid at each evaluation (fixed latents; one row
-                                       per class when conditional, per latent code when the
-                                       generator has categorical codes)
+                                       per class when conditional)
     <workdir>/plots/samples_final.png  the final grid
     <workdir>/plots/interpolation.png  spherical latent interpolations (one strip per row)
     <workdir>/plots/curves.png         losses and quality over steps
@@ -80,7 +79,6 @@ def create_models(config, image_shape, num_classes: int):
   discriminator = _build(DISCRIMINATORS, config.discriminator, "discriminator",
                          num_classes=num_classes, dtype=dtype)
   gan_lib.num_classes_of(generator, discriminator)  # both conditional or neither
-  gan_lib.latent_codes_of(generator, discriminator)  # the head predicts the drawn codes
   return generator, discriminator
 
 
@@ -91,7 +89,6 @@ def _meta(config, info: pipeline.DatasetInfo, image_shape, generator) -> dict:
       "generator": config.generator.to_dict(),
       "discriminator": config.discriminator.to_dict(),
       "latent_dim": int(generator.latent_dim),
-      "latent_codes": gan_lib.latent_codes_of(generator),
       "image_shape": [int(d) for d in image_shape],
       "num_classes": info.num_classes if conditional else None,
       "class_names": list(info.class_names),
@@ -101,7 +98,7 @@ def _meta(config, info: pipeline.DatasetInfo, image_shape, generator) -> dict:
   }
 
 
-_META_KEYS = ("model", "latent_dim", "latent_codes", "image_shape", "num_classes")
+_META_KEYS = ("model", "latent_dim", "image_shape", "num_classes")
 
 
 def create_state(config, generator, discriminator, image_shape, total_steps: int, mesh, *,
@@ -260,49 +257,26 @@ class _Sampler:
     return np.concatenate(out)[:num]
 
 
-def _gaussian(seed: int, stream: int, shape) -> np.ndarray:
-  """Fixed float32 N(0, I) draws of one stream (host-side NumPy: nothing to compile)."""
+def _latents(seed: int, stream: int, shape) -> np.ndarray:
+  """Fixed float32 N(0, I) latents of one stream (host-side NumPy: nothing to compile)."""
   return np.random.default_rng([seed, stream]).standard_normal(shape).astype(np.float32)
 
 
-def _latents(seed: int, stream: int, generator, num: int, codes=None) -> np.ndarray:
-  """Fixed latents ``[num, latent_dim]`` of one stream from the generator's prior.
-
-  With categorical codes (``K = generator.latent_codes``) the code ids are ``codes [num]``,
-  by default ``i % K`` (balanced); the Gaussian part is the stream's draws either way.
-  """
-  num_codes = gan_lib.latent_codes_of(generator)
-  gaussian = _gaussian(seed, stream, (num, generator.latent_dim - num_codes))
-  if num_codes and codes is None:
-    codes = np.arange(num) % num_codes
-  return gan_lib.compose_latents(gaussian, codes, num_codes)
-
-
-def _grid_inputs(config, generator):
-  """Fixed latents of the sample grid: ``(z [N, D], labels [N] or None)``, row-major.
-
-  One row per class (conditional) or per latent code, with the same Gaussian latent down
-  each column so the style is shared; otherwise ``grid_rows`` rows of independent latents.
-  """
+def _grid_inputs(config, num_classes):
+  """Fixed latents of the sample grid: ``(z [N, D], labels [N] or None)``, row-major."""
   cols = config.grid_columns
-  num_classes = getattr(generator, "num_classes", None)
-  rows = num_classes or gan_lib.latent_codes_of(generator)
-  if not rows:
-    return _latents(config.seed, _GRID_STREAM, generator, config.grid_rows * cols), None
-  row_ids = np.repeat(np.arange(rows, dtype=np.int32), cols)
-  if num_classes is None:  # one row per code; the Gaussian part repeats down the columns
-    gaussian = np.tile(_gaussian(config.seed, _GRID_STREAM,
-                                 (cols, generator.latent_dim - rows)), (rows, 1))
-    return gan_lib.compose_latents(gaussian, row_ids, rows), None
-  z = _latents(config.seed, _GRID_STREAM, generator, cols)
-  return np.tile(z, (num_classes, 1)), row_ids
+  if num_classes is None:
+    return _latents(config.seed, _GRID_STREAM,
+                    (config.grid_rows * cols, config.generator.latent_dim)), None
+  # One row per class, the same latent in each column: style fixed down a column.
+  z = _latents(config.seed, _GRID_STREAM, (cols, config.generator.latent_dim))
+  return np.tile(z, (num_classes, 1)), np.repeat(np.arange(num_classes, dtype=np.int32), cols)
 
 
-def _eval_inputs(config, generator):
+def _eval_inputs(config, num_classes):
   """Fixed latents of the quality evaluation; class-balanced labels when conditional."""
   n = config.num_eval_samples
-  num_classes = getattr(generator, "num_classes", None)
-  z = _latents(config.seed, _EVAL_STREAM, generator, n)
+  z = _latents(config.seed, _EVAL_STREAM, (n, config.generator.latent_dim))
   return z, None if num_classes is None else np.arange(n, dtype=np.int32) % num_classes
 
 
@@ -313,39 +287,24 @@ def _generator_variables(generator, state, config):
       num_samples=config.standing_stats_samples)
 
 
-def _plot_samples(sampler, variables, config, class_names, path, title):
-  generator = sampler.generator
-  num_classes = getattr(generator, "num_classes", None)
-  num_codes = gan_lib.latent_codes_of(generator)
-  z, labels = _grid_inputs(config, generator)
+def _plot_samples(sampler, variables, config, num_classes, class_names, path, title):
+  z, labels = _grid_inputs(config, num_classes)
   images = sampler(variables, z, labels)
-  row_labels = None
-  if num_classes is not None:
-    row_labels = [class_names[k] for k in range(num_classes)]
-  elif num_codes:
-    row_labels = [f"code {k}" for k in range(num_codes)]
+  row_labels = None if num_classes is None else [class_names[k] for k in range(num_classes)]
   reporting.plot_image_grid(images, path, ncols=config.grid_columns, row_labels=row_labels,
                             title=title)
 
 
-def _plot_interpolation(sampler, variables, config, class_names, path):
-  """Slerp between two Gaussian latents per row (the class, or latent code, fixed per row)."""
-  generator = sampler.generator
-  num_classes = getattr(generator, "num_classes", None)
-  num_codes = gan_lib.latent_codes_of(generator)
+def _plot_interpolation(sampler, variables, config, num_classes, class_names, path):
   rows, steps = config.interpolation_rows, config.interpolation_steps
-  ends = _gaussian(config.seed, _INTERP_STREAM, (2, rows, generator.latent_dim - num_codes))
-  z = gan_lib.slerp(ends[0], ends[1], np.linspace(0.0, 1.0, steps)).reshape(rows * steps, -1)
+  ends = _latents(config.seed, _INTERP_STREAM, (2, rows, config.generator.latent_dim))
+  z = gan_lib.slerp(ends[0], ends[1], np.linspace(0.0, 1.0, steps))
   labels, row_labels = None, None
   if num_classes is not None:
     row_classes = np.arange(rows) % num_classes
     labels = np.repeat(row_classes, steps).astype(np.int32)
     row_labels = [class_names[k] for k in row_classes]
-  elif num_codes:
-    row_codes = np.arange(rows) % num_codes
-    z = gan_lib.compose_latents(z, np.repeat(row_codes, steps), num_codes)
-    row_labels = [f"code {k}" for k in row_codes]
-  images = sampler(variables, z, labels)
+  images = sampler(variables, z.reshape(rows * steps, -1), labels)
   reporting.plot_image_grid(images, path, ncols=steps, row_labels=row_labels,
                             title="latent interpolation (slerp)")
 
@@ -398,6 +357,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     _check_image_range(first)
     image_shape = first["image"].shape[1:]
     generator, discriminator = create_models(config, image_shape, info.num_classes)
+    num_classes = getattr(generator, "num_classes", None)
     meta = _meta(config, info, image_shape, generator)
     state = create_state(config, generator, discriminator, image_shape, total_steps, mesh,
                          abstract=bool(start_step))
@@ -407,13 +367,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
 
     train_step = steps_lib.jit_train_step(
         gan_lib.make_gan_step(generator, discriminator, loss=config.loss,
-                              ema_decay=config.ema_decay, fake_labels=config.fake_labels,
-                              code_weight=config.get("code_weight", 1.0)), mesh)
+                              ema_decay=config.ema_decay, fake_labels=config.fake_labels), mesh)
     t0 = time.perf_counter()
     train_step = train_step.lower(state, sharding.shard_batch(first, mesh)).compile()
     compile_seconds = time.perf_counter() - t0
     sampler = _Sampler(generator, mesh, config.eval_batch_size)
-    eval_z, eval_labels = _eval_inputs(config, generator)
+    eval_z, eval_labels = _eval_inputs(config, num_classes)
 
     def evaluate(state, step, path):
       variables = _generator_variables(generator, state, config)
@@ -428,7 +387,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         title += (f": classifier score {ev['classifier_score']:.2f}, "
                   f"FCD {ev['frechet_classifier_distance']:.2f}")
       if jax.process_index() == 0:
-        _plot_samples(sampler, variables, config, info.class_names, path, title)
+        _plot_samples(sampler, variables, config, num_classes, info.class_names, path, title)
       return ev
 
     eval_every = config.eval_every_steps if config.eval_every_steps > 0 else total_steps
@@ -460,11 +419,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         writer.write(done, "train", {"images_per_s": ips})
         bar.set_postfix(d_loss=f"{means['d_loss']:.3f}", g_loss=f"{means['g_loss']:.3f}")
         if bar.disable:
-          codes = (f" code_acc {means['code_accuracy']:.3f}" if "code_accuracy" in means
-                   else "")
           print(f"[train] step {done}/{total_steps}: d_loss {means['d_loss']:.4f} g_loss "
-                f"{means['g_loss']:.4f}{codes} ({ips:.0f} img/s, {train_seconds:.0f} s)",
-                flush=True)
+                f"{means['g_loss']:.4f} ({ips:.0f} img/s, {train_seconds:.0f} s)", flush=True)
         if do_eval:
           last_eval = evaluate(state, done, workdir / "plots" / f"samples_{done}.png")
           writer.write(done, "eval", {k: v for k, v in last_eval.items()
@@ -486,9 +442,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       title = f"final (step {final_step})"
       if "classifier_score" in last_eval:
         title += f": classifier score {last_eval['classifier_score']:.2f}"
-      _plot_samples(sampler, variables, config, info.class_names,
+      _plot_samples(sampler, variables, config, num_classes, info.class_names,
                     workdir / "plots" / "samples_final.png", title)
-      _plot_interpolation(sampler, variables, config, info.class_names,
+      _plot_interpolation(sampler, variables, config, num_classes, info.class_names,
                           workdir / "plots" / "interpolation.png")
     results = {
         "config": config.to_dict(),
@@ -548,8 +504,7 @@ def restore_generator(config, workdir, checkpoint: str = "best"):
     image_shape = stored["image_shape"]
     generator, discriminator = create_models(config, image_shape, len(stored["class_names"]))
     expected = {"model": f"{config.generator.name}/{config.discriminator.name}",
-                "latent_dim": int(generator.latent_dim),
-                "latent_codes": gan_lib.latent_codes_of(generator), "image_shape": image_shape,
+                "latent_dim": int(generator.latent_dim), "image_shape": image_shape,
                 "num_classes": getattr(generator, "num_classes", None)}
     mesh = sharding.make_mesh(config.get("num_devices"))
     state = create_state(config, generator, discriminator, image_shape,
@@ -565,9 +520,8 @@ def generate(config, workdir, *, num: int, out, checkpoint: str = "best") -> lis
 
   Files are ``sample_<i>.png`` (unconditional) or ``sample_<i>_class_<name>.png`` with the
   requested classes cycling over all classes (``i % num_classes``). ``samples.json`` lists
-  ``{'file', 'class_id', 'class_name'}`` per sample (class fields only when conditional;
-  ``latent_code``, cycling over the codes, when the generator has categorical codes) and the
-  checkpoint step. Latents come from ``config.seed``.
+  ``{'file', 'class_id', 'class_name'}`` per sample (class fields only when conditional) and
+  the checkpoint step. Latents come from ``config.seed``.
 
   Returns:
     The list of sample records.
@@ -577,8 +531,7 @@ def generate(config, workdir, *, num: int, out, checkpoint: str = "best") -> lis
     raise ValueError(f"--num must be a positive number of samples; found {num!r}")
   generator, variables, meta, step, mesh = restore_generator(config, workdir, checkpoint)
   num_classes = getattr(generator, "num_classes", None)
-  num_codes = gan_lib.latent_codes_of(generator)
-  z = _latents(config.seed, _GENERATE_STREAM, generator, num)
+  z = _latents(config.seed, _GENERATE_STREAM, (num, generator.latent_dim))
   labels = None if num_classes is None else np.arange(num, dtype=np.int32) % num_classes
   size = mesh.devices.size
   batch = min(config.eval_batch_size, -(-num // size) * size)
@@ -594,8 +547,6 @@ def generate(config, workdir, *, num: int, out, checkpoint: str = "best") -> lis
       class_name = meta["class_names"][labels[i]]
       record.update(class_id=int(labels[i]), class_name=class_name)
       name += f"_class_{class_name}"
-    if num_codes:
-      record["latent_code"] = int(i % num_codes)
     record["file"] = f"{name}.png"
     pixels = image[..., 0] if image.shape[-1] == 1 else image
     Image.fromarray(pixels).save(out / record["file"])

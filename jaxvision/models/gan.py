@@ -15,16 +15,7 @@ Modules:
 * :class:`ConditionalGenerator`: ``(z [B, latent_dim], y [B]) -> images [B, H, W, C]``; a
   learned label embedding ``[B, embed_dim]`` is concatenated to ``z`` (cGAN, Mirza & Osindero
   2014) before the DCGAN generator.
-* :class:`Discriminator`: ``x [B, H, W, C] -> (logits [B], {'features': [B, D]})``; with
-  ``code_classes = K > 0`` also ``'code_logits' [B, K]``, the InfoGAN recognition head.
-
-Categorical latent codes (InfoGAN, Chen et al. 2016): a :class:`Generator` with
-``latent_codes = K > 0`` reads the last ``K`` entries of ``z`` as a one-hot code drawn
-uniformly (the first ``latent_dim - K`` are ``N(0, I)``); the discriminator's recognition head
-predicts the code from the image, and both networks minimise that cross-entropy (a lower
-bound on the mutual information between code and image). No labels are used: the codes
-discover the data's discrete modes (the digit classes on MNIST), and samples stop falling
-between them.
+* :class:`Discriminator`: ``x [B, H, W, C] -> (logits [B], {'features': [B, D]})``.
 * :class:`ProjectionDiscriminator`: ``(x, y) -> (logits [B], {'features': [B, D], ...})`` with
   ``logit = psi(phi(x)) + <embed(y), phi(x)>`` (Miyato & Koyama 2018).
 
@@ -130,10 +121,10 @@ class _GeneratorBody(nn.Module):
     for i in range(n - 1):
       features //= 2
       x = ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME", use_bias=False,
-                           kernel_init=DCGAN_INIT, dtype=self.dtype, name=f"deconv{i}")(x)
+                        kernel_init=DCGAN_INIT, dtype=self.dtype, name=f"deconv{i}")(x)
       x = nn.relu(_batch_norm(self, train, f"deconv{i}_bn")(x))  # [B, h0*2**(i+1), ..., F]
     x = ConvTranspose(channels, (4, 4), strides=(2, 2), padding="SAME",
-                         kernel_init=DCGAN_INIT, dtype=self.dtype, name="to_image")(x)
+                      kernel_init=DCGAN_INIT, dtype=self.dtype, name="to_image")(x)
     return jnp.tanh(x)  # [B, H, W, C]
 
 
@@ -151,9 +142,6 @@ class Generator(nn.Module):
     base_features: channels of the last hidden feature map (doubling towards the input).
     bn_momentum: BatchNorm running-average momentum.
     dtype: computation dtype (parameters stay float32).
-    latent_codes: ``K``: the last ``K`` entries of ``z`` are a one-hot categorical code (see
-      the module docstring; 0: ``z`` is all Gaussian). The network treats ``z`` alike either
-      way; samplers read this attribute to draw ``z``.
   """
 
   latent_dim: int
@@ -161,7 +149,6 @@ class Generator(nn.Module):
   base_features: int = 64
   bn_momentum: float = 0.9
   dtype: Dtype = jnp.float32
-  latent_codes: int = 0
 
   @nn.compact
   def __call__(self, z: jax.Array, *, train: bool) -> jax.Array:
@@ -176,9 +163,6 @@ class Generator(nn.Module):
     """
     z = jnp.asarray(z)
     _check_batch_vector("z", z, self.latent_dim, None)
-    if not 0 <= self.latent_codes < self.latent_dim:
-      raise ValueError(f"latent_codes must be in [0, latent_dim={self.latent_dim}); found "
-                       f"{self.latent_codes}")
     return _GeneratorBody(self.image_shape, self.base_features, self.bn_momentum, self.dtype,
                           name="body")(z, train=train)
 
@@ -308,9 +292,6 @@ class Discriminator(nn.Module):
     dtype: computation dtype (parameters stay float32; logits are returned as float32).
     stride1_convs: add a 3x3 stride-1 convolution before each strided one (SN-GAN's deeper
       critic; see ``_DiscriminatorTrunk``).
-    code_classes: ``K > 0`` adds the InfoGAN recognition head, a linear layer from the
-      features to ``'code_logits' [B, K]`` (not spectrally normalised: it is a classifier,
-      not part of the critic); 0: none.
   """
 
   base_features: int = 64
@@ -319,7 +300,6 @@ class Discriminator(nn.Module):
   bn_momentum: float = 0.9
   dtype: Dtype = jnp.float32
   stride1_convs: bool = False
-  code_classes: int = 0
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -331,19 +311,14 @@ class Discriminator(nn.Module):
 
     Returns:
       ``(logits [B] float32, {'features': [B, D]})``; features are the flattened last
-      convolutional activations, plus ``'code_logits' [B, K]``
-      float32 when ``code_classes = K > 0``.
+      convolutional activations.
     """
     features = _DiscriminatorTrunk(self.base_features, self.normalization,
                                    self.spectral_norm_steps, self.bn_momentum, self.dtype,
                                    self.stride1_convs, name="trunk")(jnp.asarray(x), train=train)
     head = nn.Dense(1, kernel_init=DCGAN_INIT, dtype=self.dtype, name="logit")
     logits = _normalized(head, self.normalization, self.spectral_norm_steps, features, train)
-    aux = {"features": features}
-    if self.code_classes:
-      aux["code_logits"] = nn.Dense(self.code_classes, dtype=self.dtype, name="code_head")(
-          features).astype(jnp.float32)  # [B, K]
-    return logits[:, 0].astype(jnp.float32), aux
+    return logits[:, 0].astype(jnp.float32), {"features": features}
 
 
 class ProjectionDiscriminator(nn.Module):

@@ -19,12 +19,6 @@ and donated). One step, with randomness from ``fold_in(state.rng, state.step)``:
    generator's forward pass of step 1 (``jax.vjp``), as in the DCGAN reference code.
 4. The EMA (if enabled) follows the new generator params.
 
-Categorical latent codes (InfoGAN; a generator with ``latent_codes = K > 0`` and a
-discriminator with ``code_classes = K``): ``z`` is ``N(0, I)`` in its first ``latent_dim - K``
-entries and a uniformly drawn one-hot code in its last ``K`` (:func:`sample_latents`). Both
-updates add ``code_weight`` times the cross-entropy of the discriminator's recognition head on
-the fake batch against the drawn codes (the mutual-information term of Chen et al. 2016).
-
 Conditional models (``ConditionalGenerator`` + ``ProjectionDiscriminator``): the discriminator
 sees real images with the batch's labels; fake images are generated for uniformly random labels
 (``fake_labels='random'``) or for the real batch's labels (``'batch'``), and are judged
@@ -103,49 +97,6 @@ def num_classes_of(generator: nn.Module, discriminator: nn.Module) -> int | None
   return g_classes
 
 
-def latent_codes_of(generator: nn.Module, discriminator: nn.Module | None = None) -> int:
-  """``K``, the size of the generator's categorical latent code (0: none).
-
-  Raises:
-    ValueError: the discriminator's recognition head (``code_classes``) does not predict the
-      generator's ``K`` codes.
-  """
-  codes = int(getattr(generator, "latent_codes", 0))
-  if discriminator is not None and int(getattr(discriminator, "code_classes", 0)) != codes:
-    raise ValueError(
-        f"generator {type(generator).__name__} draws latent_codes={codes} categorical codes "
-        f"but discriminator {type(discriminator).__name__} has code_classes="
-        f"{getattr(discriminator, 'code_classes', 0)}; set both to the same value")
-  return codes
-
-
-def compose_latents(gaussian, codes, num_codes: int):
-  """``z [N, D]`` from Gaussian parts ``[N, D - K]`` and code ids ``[N]`` (``K = num_codes``).
-
-  The code goes one-hot into the last ``K`` entries; with ``K = 0`` ``z`` is ``gaussian``.
-  Works on NumPy and JAX arrays (returns float32 of the input's kind).
-  """
-  if not num_codes:
-    return gaussian
-  xp = np if isinstance(gaussian, np.ndarray) else jnp
-  one_hot = xp.eye(num_codes, dtype=xp.float32)[codes]
-  return xp.concatenate([gaussian.astype(xp.float32), one_hot], axis=-1)
-
-
-def sample_latents(rng: jax.Array, generator: nn.Module, num: int):
-  """Draws ``(z [num, latent_dim] float32, codes [num] int32 or None)`` from the prior.
-
-  ``N(0, I)``; with ``K = generator.latent_codes > 0`` the last ``K`` entries of ``z`` are a
-  one-hot code drawn uniformly (``codes``), the first ``latent_dim - K`` Gaussian.
-  """
-  codes_k = latent_codes_of(generator)
-  gaussian = jax.random.normal(rng, (num, generator.latent_dim - codes_k), jnp.float32)
-  if not codes_k:
-    return gaussian, None
-  codes = jax.random.randint(jax.random.fold_in(rng, 1), (num,), 0, codes_k, dtype=jnp.int32)
-  return compose_latents(gaussian, codes, codes_k), codes
-
-
 def _label_args(labels, num_classes):
   return () if num_classes is None else (labels,)
 
@@ -216,9 +167,8 @@ def _sample_labels(rng, batch: int, num_classes: int | None):
 
 def make_gan_step(generator: nn.Module, discriminator: nn.Module, *,
                   loss: str = "non_saturating", ema_decay: float = 0.0,
-                  fake_labels: str = "random",
-                  code_weight: float = 1.0) -> Callable[[GANState, dict], tuple[GANState,
-                                                                                dict]]:
+                  fake_labels: str = "random") -> Callable[[GANState, dict], tuple[GANState,
+                                                                                    dict]]:
   """Returns ``step(state, batch) -> (state, metrics)`` (see the module docstring).
 
   Args:
@@ -227,42 +177,29 @@ def make_gan_step(generator: nn.Module, discriminator: nn.Module, *,
     ema_decay: decay of the generator EMA, in ``[0, 1)``; used when the state has an EMA.
     fake_labels: conditional models only: ``'random'`` (uniform) or ``'batch'`` (the real
       batch's labels) for the generated images.
-    code_weight: weight of the latent-code cross-entropy in both updates (models with
-      categorical latent codes only).
 
-  Metrics (float32 scalars): ``d_loss``, ``g_loss`` (the adversarial losses), ``real_logit``
-  and ``fake_logit`` (mean discriminator logits in the D update), ``d_grad_norm``,
-  ``g_grad_norm``; with latent codes also ``code_loss`` (the recognition cross-entropy on the
-  fake batch in the D update) and ``code_accuracy``.
+  Metrics (float32 scalars): ``d_loss``, ``g_loss``, ``real_logit`` and ``fake_logit`` (mean
+  discriminator logits in the D update), ``d_grad_norm``, ``g_grad_norm``.
   """
   d_loss_fn, g_loss_fn = losses.get_gan_losses(loss)
   num_classes = num_classes_of(generator, discriminator)
-  num_codes = latent_codes_of(generator, discriminator)
-  if num_codes and not code_weight > 0:
-    raise ValueError(f"code_weight must be > 0 for a model with latent codes; found "
-                     f"{code_weight}")
   if fake_labels not in FAKE_LABEL_MODES:
     raise ValueError(f"fake_labels must be one of {FAKE_LABEL_MODES}; found {fake_labels!r}")
   if not 0.0 <= ema_decay < 1.0:
     raise ValueError(f"ema_decay must be in [0, 1); found {ema_decay}")
 
   def d_apply(params, stats, images, labels):
-    (logits, aux), updates = discriminator.apply(
+    (logits, _), updates = discriminator.apply(
         {"params": params, **_stats_collection(stats)}, images,
         *_label_args(labels, num_classes), train=True, mutable=["batch_stats"])
-    return logits, aux, updates.get("batch_stats", stats)
-
-  def code_loss_fn(aux, codes):
-    if not num_codes:
-      return jnp.zeros((), jnp.float32)
-    return losses.softmax_cross_entropy(aux["code_logits"], codes, num_classes=num_codes)[0]
+    return logits, updates.get("batch_stats", stats)
 
   def step(state: GANState, batch: dict) -> tuple[GANState, dict]:
     real = batch["image"]
     size = real.shape[0]
     real_labels = batch["label"] if num_classes is not None else None
     z_rng, label_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
-    z, codes = sample_latents(z_rng, generator, size)
+    z = jax.random.normal(z_rng, (size, generator.latent_dim), jnp.float32)
     labels = (real_labels if fake_labels == "batch" and num_classes is not None
               else _sample_labels(label_rng, size, num_classes))
 
@@ -277,26 +214,22 @@ def make_gan_step(generator: nn.Module, discriminator: nn.Module, *,
 
     # 2. Discriminator update on real and (constant) fake images.
     def d_objective(d_params):
-      real_logits, _, stats = d_apply(d_params, state.d_batch_stats, real, real_labels)
-      fake_logits, fake_aux, stats = d_apply(d_params, stats, fake, labels)
-      adversarial = d_loss_fn(real_logits, fake_logits)
-      code_loss = code_loss_fn(fake_aux, codes)
-      return adversarial + code_weight * code_loss, (stats, real_logits, fake_logits,
-                                                     adversarial, code_loss, fake_aux)
+      real_logits, stats = d_apply(d_params, state.d_batch_stats, real, real_labels)
+      fake_logits, stats = d_apply(d_params, stats, fake, labels)
+      return d_loss_fn(real_logits, fake_logits), (stats, real_logits, fake_logits)
 
-    (_, (d_batch_stats, real_logits, fake_logits, d_loss, code_loss, fake_aux)), d_grads = (
-        jax.value_and_grad(d_objective, has_aux=True)(state.d_params))
+    (d_loss, (d_batch_stats, real_logits, fake_logits)), d_grads = jax.value_and_grad(
+        d_objective, has_aux=True)(state.d_params)
     d_updates, d_opt_state = state.d_tx.update(d_grads, state.d_opt_state, state.d_params)
     d_params = optax.apply_updates(state.d_params, d_updates)
 
     # 3. Generator update through the updated discriminator (its statistics from this pass
     #    are discarded: the D update above owns them).
     def g_objective(images):
-      logits, aux, _ = d_apply(d_params, d_batch_stats, images, labels)
-      adversarial = g_loss_fn(logits)
-      return adversarial + code_weight * code_loss_fn(aux, codes), adversarial
+      logits, _ = d_apply(d_params, d_batch_stats, images, labels)
+      return g_loss_fn(logits)
 
-    (_, g_loss), fake_grads = jax.value_and_grad(g_objective, has_aux=True)(fake)
+    g_loss, fake_grads = jax.value_and_grad(g_objective)(fake)
     (g_grads,) = g_pullback(fake_grads)
     g_updates, g_opt_state = state.g_tx.update(g_grads, state.g_opt_state, state.g_params)
     g_params = optax.apply_updates(state.g_params, g_updates)
@@ -318,10 +251,6 @@ def make_gan_step(generator: nn.Module, discriminator: nn.Module, *,
         "real_logit": jnp.mean(real_logits), "fake_logit": jnp.mean(fake_logits),
         "d_grad_norm": optax.tree.norm(d_grads), "g_grad_norm": optax.tree.norm(g_grads),
     }
-    if num_codes:
-      metrics["code_loss"] = code_loss
-      metrics["code_accuracy"] = jnp.mean(
-          (jnp.argmax(fake_aux["code_logits"], axis=-1) == codes).astype(jnp.float32))
     return new_state, metrics
 
   return step
@@ -337,8 +266,8 @@ def standing_batch_stats(generator: nn.Module, params, batch_stats, rng: jax.Arr
 
   The generator's running averages track the *trained* params; for other params (the EMA)
   the statistics are re-measured: the generator runs once in training mode with momentum 0,
-  so each running average becomes the batch statistic of ``num_samples`` samples (latents
-  from :func:`sample_latents`; random labels for a conditional generator).
+  so each running average becomes the batch statistic of ``num_samples`` samples (random
+  labels for a conditional generator).
 
   Returns:
     The new ``batch_stats`` (the input, unchanged, if the generator has none).
@@ -346,7 +275,7 @@ def standing_batch_stats(generator: nn.Module, params, batch_stats, rng: jax.Arr
   if not batch_stats:
     return batch_stats
   z_rng, label_rng = jax.random.split(rng)
-  z, _ = sample_latents(z_rng, generator, num_samples)
+  z = jax.random.normal(z_rng, (num_samples, generator.latent_dim), jnp.float32)
   num_classes = getattr(generator, "num_classes", None)
   labels = _sample_labels(label_rng, num_samples, num_classes)
   _, updates = generator.clone(bn_momentum=0.0).apply(

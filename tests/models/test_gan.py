@@ -341,28 +341,3 @@ def test_one_gan_step(conditional):
                         jax.random.key(3), 1)
   assert _all_finite(newer) and np.isfinite(metrics["g_loss"])
   assert _tree_changed(new["g"]["params"], newer["g"]["params"])
-
-
-def test_code_head_layout_28x28():
-  # InfoGAN recognition head: a linear layer from the critic's features to K code logits.
-  disc = gan.Discriminator(base_features=F, normalization="spectral", code_classes=10)
-  variables, (logits, aux) = _shapes(disc, jnp.zeros((2, 28, 28, 1)), train=True)
-  assert variables["params"]["code_head"]["kernel"].shape == (7 * 7 * 2 * F, 10)
-  assert logits.shape == (2,) and aux["features"].shape == (2, 7 * 7 * 2 * F)
-  assert aux["code_logits"].shape == (2, 10) and aux["code_logits"].dtype == jnp.float32
-  # Without a code head the aux dict has features only.
-  _, (_, aux) = _shapes(gan.Discriminator(base_features=F), jnp.zeros((2, 28, 28, 1)),
-                        train=False)
-  assert set(aux) == {"features"}
-  # The generator's codes are part of z: its parameters do not change with latent_codes.
-  plain, _ = _shapes(gan.Generator(74, (28, 28, 1), base_features=F), jnp.zeros((2, 74)),
-                     train=False)
-  coded, _ = _shapes(gan.Generator(74, (28, 28, 1), base_features=F, latent_codes=10),
-                     jnp.zeros((2, 74)), train=False)
-  assert jax.tree.map(lambda a: a.shape, plain) == jax.tree.map(lambda a: a.shape, coded)
-
-
-def test_latent_codes_must_leave_a_gaussian_part():
-  gen = gan.Generator(10, (28, 28, 1), base_features=F, latent_codes=10)
-  with pytest.raises(ValueError, match=r"latent_codes must be in \[0, latent_dim=10\)"):
-    _shapes(gen, jnp.zeros((2, 10)), train=False)

@@ -214,37 +214,6 @@ def test_conditional_run_outputs_and_generate(tmp_path, classifier_dir):
   assert listing["checkpoint_step"] == 8 and listing["samples"] == records
 
 
-def test_latent_code_run_grid_generate_and_mismatched_resume(tmp_path):
-  """InfoGAN codes through the trainer: code metrics logged, one grid row per code, codes
-  recorded by generate, and a code-less config refuses the checkpoint by name."""
-  config = _config(num_train_steps=4, eval_every_steps=4, checkpoint_every_steps=-1,
-                   num_devices=1, grid_columns=3)
-  config.generator.latent_codes = 4
-  config.discriminator.code_classes = 4
-  config.discriminator.normalization = "none"
-  results = gan.train_and_evaluate(config, tmp_path)
-  assert results["steps"] == 4
-  train = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-  train = [r for r in train if r["kind"] == "train" and "code_loss" in r]
-  assert len(train) == 4 and all(0 <= r["code_accuracy"] <= 1 for r in train)
-  assert all(np.isfinite(r["code_loss"]) and r["code_loss"] > 0 for r in train)
-
-  generator, _ = gan.create_models(config, (8, 8, 1), 10)
-  z, labels = gan._grid_inputs(config, generator)  # pylint: disable=protected-access
-  assert labels is None and z.shape == (4 * 3, 16)
-  np.testing.assert_array_equal(z[:, 12:], np.repeat(np.eye(4), 3, axis=0))  # row = code
-  np.testing.assert_array_equal(z[:3, :12], z[3:6, :12])  # style shared down each column
-  assert (tmp_path / "plots" / "samples_final.png").stat().st_size > 2000
-
-  records = gan.generate(config, tmp_path, num=6, out=tmp_path / "gen", checkpoint="latest")
-  assert [r["latent_code"] for r in records] == [0, 1, 2, 3, 0, 1]
-  plain = _config(num_train_steps=4, num_devices=1)
-  plain.discriminator.normalization = "none"
-  with pytest.raises(ckpt_lib.CheckpointMismatchError,
-                     match="latent_codes: this run has 0, the checkpoint has 4"):
-    gan.train_and_evaluate(plain, tmp_path)
-
-
 @pytest.mark.slow
 def test_cli_train_and_generate(tmp_path):
   env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
