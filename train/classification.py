@@ -17,13 +17,11 @@ from __future__ import annotations
 import itertools
 import json
 import pathlib
-import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from absl import logging
 
 from jaxvision import models
 from jaxvision.data import images as image_io
@@ -116,22 +114,13 @@ def _summary_line(step, ev) -> str:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains ``config`` into ``workdir`` (resuming if it holds checkpoints); returns results."""
-  workdir = pathlib.Path(workdir).resolve()
-  workdir.mkdir(parents=True, exist_ok=True)
-  mesh = sharding.make_mesh(config.get("num_devices"))
-  sharding.check_batch_size(config.batch_size, mesh)
-  builder, info = pipeline.get_dataset(config.dataset, data_dir=config.get("data_dir"))
-  total_steps = total_train_steps(config, info, config.train_split)
-
-  checkpointer = ckpt_lib.Checkpointer(
-      workdir / "checkpoints", keep=config.get("keep_checkpoints", 2),
-      best_metric="accuracy", best_mode="max")
-  writer = reporting.MetricWriter(workdir)
-  try:
-    start_step = checkpointer.latest_step() or 0
+  with loop.session(config, workdir, best_metric="accuracy", best_mode="max") as run:
+    mesh = run.mesh
+    builder, info = pipeline.get_dataset(config.dataset, data_dir=config.get("data_dir"))
+    total_steps = total_train_steps(config, info, config.train_split)
     train_iter = pipeline.make_train_iterator(
         builder, info, split=config.train_split, global_batch_size=config.batch_size,
-        pp=config.pp_train, seed=config.seed, start_step=start_step)
+        pp=config.pp_train, seed=config.seed, start_step=run.start_step)
     first = next(train_iter)
     input_shape = first["image"].shape[1:]
     _check_input_shape(config, input_shape)
@@ -141,17 +130,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
     state = state_lib.create_train_state(model, tx, input_shape=input_shape,
                                          rng=jax.random.PRNGKey(config.seed), mesh=mesh)
-    if start_step:
-      state = checkpointer.restore(start_step, state, meta)
-      logging.info("resumed from %s at step %d", checkpointer.directory, start_step)
-      print(f"Resuming from step {start_step} of {total_steps} ({checkpointer.directory})")
+    state = run.resume(state, meta, total_steps)
 
-    train_step = steps_lib.jit_train_step(
-        steps_lib.make_train_step(label_smoothing=config.get("label_smoothing", 0.0)), mesh)
+    train_step, compile_seconds = loop.compile_step(
+        steps_lib.jit_train_step(
+            steps_lib.make_train_step(label_smoothing=config.get("label_smoothing", 0.0)),
+            mesh), state, first, mesh)
     eval_step = steps_lib.jit_eval_step(steps_lib.make_eval_step(info.num_classes), mesh)
-    t0 = time.perf_counter()
-    train_step = train_step.lower(state, sharding.shard_batch(first, mesh)).compile()
-    compile_seconds = time.perf_counter() - t0
 
     eval_every = config.get("eval_every_steps", -1)
     if eval_every <= 0:
@@ -163,8 +148,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     state, last_eval, train_seconds = loop.run(
         state, train_step, itertools.chain([first], train_iter), mesh=mesh,
-        start_step=start_step, total_steps=total_steps, batch_size=config.batch_size,
-        writer=writer, checkpointer=checkpointer, meta=meta, schedule=schedule,
+        start_step=run.start_step, total_steps=total_steps, batch_size=config.batch_size,
+        writer=run.writer, checkpointer=run.checkpointer, meta=meta, schedule=schedule,
         evaluate=evaluate, summary_line=_summary_line, best_metric="accuracy",
         eval_scalars=lambda ev: {k: ev[k] for k in ("loss", "accuracy", "macro_f1")},
         eval_every=eval_every, log_every=config.get("log_every_steps", 50),
@@ -178,18 +163,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "dataset": {"name": info.name, "source": info.source,
                     "num_examples": dict(info.num_examples)},
         "steps": int(jax.device_get(state.step)),
-        "resumed_from_step": start_step,
+        "resumed_from_step": run.start_step,
         "train_seconds": train_seconds,
         "compile_seconds": compile_seconds,
         "devices": mesh.devices.size,
         "eval": last_eval,
     }
     if jax.process_index() == 0:
-      _write_outputs(workdir, results, info)
+      _write_outputs(run.workdir, results, info)
     return results
-  finally:
-    checkpointer.close()
-    writer.close()
 
 
 def _write_outputs(workdir: pathlib.Path, results: dict, info):

@@ -325,10 +325,6 @@ def _check_image_range(batch):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   """Trains the GAN of ``config`` into ``workdir`` (resuming if it holds checkpoints)."""
-  workdir = pathlib.Path(workdir).resolve()
-  workdir.mkdir(parents=True, exist_ok=True)
-  mesh = sharding.make_mesh(config.get("num_devices"))
-  sharding.check_batch_size(config.batch_size, mesh)
   builder, info = pipeline.get_dataset(config.dataset, data_dir=config.get("data_dir"))
   total_steps = int(config.num_train_steps)
   if total_steps <= 0:
@@ -344,12 +340,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     logging.warning("config.classifier_workdir is not set: sample quality is not measured")
     print("Warning: config.classifier_workdir is not set; sample-quality metrics are skipped.")
 
-  checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints",
-                                       keep=config.get("keep_checkpoints", 2),
-                                       best_metric=BEST_METRIC, best_mode="min")
-  writer = reporting.MetricWriter(workdir)
-  try:
-    start_step = checkpointer.latest_step() or 0
+  with loop.session(config, workdir, best_metric=BEST_METRIC, best_mode="min") as run:
+    workdir, mesh, start_step = run.workdir, run.mesh, run.start_step
+    checkpointer, writer = run.checkpointer, run.writer
     train_iter = pipeline.make_train_iterator(
         builder, info, split=config.train_split, global_batch_size=config.batch_size,
         pp=config.pp_train, seed=config.seed, start_step=start_step)
@@ -361,16 +354,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     meta = _meta(config, info, image_shape, generator)
     state = create_state(config, generator, discriminator, image_shape, total_steps, mesh,
                          abstract=bool(start_step))
-    if start_step:
-      state = checkpointer.restore(start_step, state, meta, check_keys=_META_KEYS)
-      print(f"Resuming from step {start_step} of {total_steps} ({checkpointer.directory})")
+    state = run.resume(state, meta, total_steps, check_keys=_META_KEYS)
 
-    train_step = steps_lib.jit_train_step(
-        gan_lib.make_gan_step(generator, discriminator, loss=config.loss,
-                              ema_decay=config.ema_decay, fake_labels=config.fake_labels), mesh)
-    t0 = time.perf_counter()
-    train_step = train_step.lower(state, sharding.shard_batch(first, mesh)).compile()
-    compile_seconds = time.perf_counter() - t0
+    train_step, compile_seconds = loop.compile_step(
+        steps_lib.jit_train_step(
+            gan_lib.make_gan_step(generator, discriminator, loss=config.loss,
+                                  ema_decay=config.ema_decay, fake_labels=config.fake_labels),
+            mesh), state, first, mesh)
     sampler = _Sampler(generator, mesh, config.eval_batch_size)
     eval_z, eval_labels = _eval_inputs(config, num_classes)
 
@@ -463,9 +453,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       reporting.plot_curves(reporting.read_metrics(workdir / "metrics.jsonl"),
                             workdir / "plots" / "curves.png", metrics=_curve_metrics(last_eval))
     return results
-  finally:
-    checkpointer.close()
-    writer.close()
 
 
 def _curve_metrics(ev: dict) -> tuple[str, ...]:

@@ -27,7 +27,6 @@ import hashlib
 import itertools
 import json
 import pathlib
-import time
 
 import jax
 import jax.numpy as jnp
@@ -35,11 +34,9 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
-from absl import logging
 
 from jaxvision import models
 from jaxvision.data import moving_mnist, paths, pipeline
-from jaxvision.training import checkpoint as ckpt_lib
 from jaxvision.training import loop, optim, reporting, sharding, state as state_lib
 from jaxvision.training import sequence_steps, steps as steps_lib
 from train import classification
@@ -148,10 +145,6 @@ def _summary_line(step, ev) -> str:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains ``config`` into ``workdir`` (resuming if it holds checkpoints); returns results."""
-  workdir = pathlib.Path(workdir).resolve()
-  workdir.mkdir(parents=True, exist_ok=True)
-  mesh = sharding.make_mesh(config.get("num_devices"))
-  sharding.check_batch_size(config.batch_size, mesh)
   if config.num_train_steps <= 0:
     raise ValueError(f"config.num_train_steps must be > 0; found {config.num_train_steps}")
   total_steps = int(config.num_train_steps)
@@ -161,12 +154,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   num_frames = train_frames.shape[1]
   example_fn = _example_fn(config.data.num_input_frames, num_frames)
 
-  checkpointer = ckpt_lib.Checkpointer(
-      workdir / "checkpoints", keep=config.get("keep_checkpoints", 2),
-      best_metric="mse", best_mode="min")
-  writer = reporting.MetricWriter(workdir)
-  try:
-    start_step = checkpointer.latest_step() or 0
+  with loop.session(config, workdir, best_metric="mse", best_mode="min") as run:
+    mesh, start_step = run.mesh, run.start_step
     train_iter = pipeline.make_array_train_iterator(
         {"frames": train_frames}, example_fn, global_batch_size=config.batch_size,
         seed=config.seed, start_step=start_step)
@@ -182,16 +171,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
     state = state_lib.create_train_state(model, tx, input_shape=input_shape,
                                          rng=jax.random.PRNGKey(config.seed), mesh=mesh)
-    if start_step:
-      state = checkpointer.restore(start_step, state, meta, check_keys=CHECK_KEYS)
-      logging.info("resumed from %s at step %d", checkpointer.directory, start_step)
-      print(f"Resuming from step {start_step} of {total_steps} ({checkpointer.directory})")
+    state = run.resume(state, meta, total_steps, check_keys=CHECK_KEYS)
 
-    train_step = steps_lib.jit_train_step(sequence_steps.make_train_step(), mesh)
+    train_step, compile_seconds = loop.compile_step(
+        steps_lib.jit_train_step(sequence_steps.make_train_step(), mesh), state, first, mesh)
     eval_step = steps_lib.jit_eval_step(sequence_steps.make_eval_step(), mesh)
-    t0 = time.perf_counter()
-    train_step = train_step.lower(state, sharding.shard_batch(first, mesh)).compile()
-    compile_seconds = time.perf_counter() - t0
 
     def evaluate(state):
       return evaluate_split(state, eval_step, test_frames, example_fn=example_fn, config=config,
@@ -201,7 +185,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     state, last_eval, train_seconds = loop.run(
         state, train_step, itertools.chain([first], train_iter), mesh=mesh,
         start_step=start_step, total_steps=total_steps, batch_size=config.batch_size,
-        writer=writer, checkpointer=checkpointer, meta=meta, schedule=schedule,
+        writer=run.writer, checkpointer=run.checkpointer, meta=meta, schedule=schedule,
         evaluate=evaluate, summary_line=_summary_line, best_metric="mse",
         eval_scalars=lambda ev: {k: v for k, v in ev.items() if isinstance(v, float)},
         eval_every=eval_every if eval_every > 0 else total_steps,
@@ -230,11 +214,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       inputs, targets = moving_mnist.split_inputs_targets(
           test_frames[:k].astype(np.float32) / 255.0, config.data.num_input_frames)
       predictions = np.asarray(jax.jit(sequence_steps.predict_step)(state, jnp.asarray(inputs)))
-      _write_outputs(workdir, results, (inputs, targets, predictions))
+      _write_outputs(run.workdir, results, (inputs, targets, predictions))
     return results
-  finally:
-    checkpointer.close()
-    writer.close()
 
 
 def _write_outputs(workdir: pathlib.Path, results: dict, shown):

@@ -1,6 +1,8 @@
-"""The step loop shared by the trainers: train steps, periodic logs, evaluations and checkpoints.
+"""What the trainers share: the run session, the step loop, logs, evaluations and checkpoints.
 
-:func:`run` drives a compiled ``train_step(state, batch) -> (state, metrics)`` from
+:func:`session` opens a run in a workdir (mesh, checkpointer, metric writer, the step to resume
+from) and closes it however the run ends; :func:`compile_step` compiles a train step ahead of
+time and times it. :func:`run` drives a compiled ``train_step(state, batch) -> (state, metrics)`` from
 ``start_step`` to ``total_steps``. Per-step metrics stay on device until a log point, where they
 are fetched together, checked for NaN/inf (:class:`DivergenceError`, raised before any later
 checkpoint is written) and their mean written. Evaluation runs every ``eval_every`` steps and
@@ -10,7 +12,10 @@ at the end; checkpoints are saved at every evaluation (ranked by ``best_metric``
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
+import pathlib
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -18,12 +23,78 @@ from typing import Any
 import jax
 import numpy as np
 import tqdm
+from absl import logging
 
-from jaxvision.training import sharding
+from jaxvision.training import checkpoint as ckpt_lib
+from jaxvision.training import reporting, sharding
 
 
 class DivergenceError(FloatingPointError):
   """The training loss (or gradient norm) became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class Session:
+  """An open run in ``workdir`` (from :func:`session`).
+
+  Attributes:
+    workdir: the resolved run directory.
+    mesh: the 1-D ``'data'`` mesh over ``config.num_devices`` devices (default all).
+    checkpointer: ``checkpoint.Checkpointer`` of ``workdir/checkpoints``.
+    writer: ``reporting.MetricWriter`` of ``workdir``.
+    start_step: the latest checkpointed step (0 for a fresh run).
+  """
+  workdir: pathlib.Path
+  mesh: Any
+  checkpointer: ckpt_lib.Checkpointer
+  writer: reporting.MetricWriter
+  start_step: int
+
+  def resume(self, state, meta: Mapping[str, Any], total_steps: int, **restore_kwargs):
+    """``state`` restored from ``start_step`` when resuming, else ``state`` unchanged.
+
+    ``meta`` (and ``restore_kwargs``, e.g. ``check_keys``) go to ``Checkpointer.restore``,
+    which raises a clear error for a checkpoint of another model or configuration.
+    """
+    if not self.start_step:
+      return state
+    state = self.checkpointer.restore(self.start_step, state, meta, **restore_kwargs)
+    logging.info("resumed from %s at step %d", self.checkpointer.directory, self.start_step)
+    print(f"Resuming from step {self.start_step} of {total_steps} "
+          f"({self.checkpointer.directory})")
+    return state
+
+
+@contextlib.contextmanager
+def session(config, workdir, *, best_metric: str, best_mode: str) -> Iterator[Session]:
+  """Opens a run in ``workdir``; closes its checkpointer and writer however the run ends.
+
+  Creates ``workdir``, the mesh (``config.num_devices``; ``config.batch_size`` must divide
+  over it), a checkpointer keeping ``config.keep_checkpoints`` (default 2) latest steps plus
+  the best by ``best_metric`` (``best_mode`` 'max' or 'min'), and the metric writer. Closing
+  waits for pending checkpoint writes.
+  """
+  workdir = pathlib.Path(workdir).resolve()
+  workdir.mkdir(parents=True, exist_ok=True)
+  mesh = sharding.make_mesh(config.get("num_devices"))
+  sharding.check_batch_size(config.batch_size, mesh)
+  checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints",
+                                       keep=config.get("keep_checkpoints", 2),
+                                       best_metric=best_metric, best_mode=best_mode)
+  writer = reporting.MetricWriter(workdir)
+  try:
+    yield Session(workdir, mesh, checkpointer, writer, checkpointer.latest_step() or 0)
+  finally:
+    checkpointer.close()
+    writer.close()
+
+
+def compile_step(step_fn, state, host_batch: Mapping[str, Any], mesh) -> tuple[Any, float]:
+  """``(compiled step, compile seconds)``: ``step_fn`` lowered for ``state`` and the sharded
+  ``host_batch``, compiled ahead of time (so compile time is measured apart from training)."""
+  t0 = time.perf_counter()
+  compiled = step_fn.lower(state, sharding.shard_batch(host_batch, mesh)).compile()
+  return compiled, time.perf_counter() - t0
 
 
 def flush_metrics(pending: list, writer, first_step: int, *,
