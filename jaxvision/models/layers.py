@@ -4,12 +4,13 @@
 parameters, names and forward pass, with gradients written as channels-last convolutions so
 they stay on XLA:CPU's fast convolution path inside loops (``lax.scan`` over steps or time,
 see ``jaxvision/ops/conv.py``), and with the input gradient of strided convolutions in
-sub-pixel form (no multiply-adds with the stride's inserted zeros, which XLA:CPU computes
-for ``lax``'s own lhs-dilated gradient). All the models' convolutions use it.
+sub-pixel form on CPU (no multiply-adds with the stride's inserted zeros, which XLA:CPU
+computes for ``lax``'s own lhs-dilated gradient). All the models' convolutions use it.
 
 ``ConvTranspose`` is ``flax.linen.ConvTranspose`` (``transpose_kernel=False``; same parameter
-names, shapes and initialisers) computing with ``jaxvision.ops.conv_transpose``: the sub-pixel
-form of the transposed convolution, equal up to float summation order.
+names, shapes and initialisers) computing with ``jaxvision.ops.conv_transpose``: on CPU the
+sub-pixel form of the transposed convolution, equal up to float summation order (elsewhere
+``lax``'s own).
 """
 
 import functools

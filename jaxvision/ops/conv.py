@@ -142,9 +142,14 @@ def lhs_dilated_conv(lhs: jax.Array, rhs: jax.Array, lhs_dilation: Sequence[int]
   multiply-adds than the dilated form, which XLA:CPU computes over the zeros. This is the
   sub-pixel form of a transposed convolution (the input gradient of a strided convolution,
   and ``ConvTranspose``); its gradients are those of :func:`conv_general_dilated`.
+
+  The sub-pixel form is staged for CPU only (``lax.platform_dependent``); on GPU and TPU the
+  dilated convolution goes to the backend as is (cuDNN and XLA:TPU skip the zeros
+  themselves, where one kernel should beat ``prod(s)`` small ones and an interleave).
   """
   n = lhs.ndim - 2
   dilation = tuple(int(s) for s in lhs_dilation)
+  padding = tuple(tuple(int(p) for p in pair) for pair in padding)
   if all(s == 1 for s in dilation):
     return conv_general_dilated(lhs, rhs, (1,) * n, padding,
                                 dimension_numbers=_channels_last(lhs.ndim),
@@ -155,6 +160,21 @@ def lhs_dilated_conv(lhs: jax.Array, rhs: jax.Array, lhs_dilation: Sequence[int]
   if min(out_size) < 1:
     raise ValueError(f"lhs_dilated_conv: empty output {out_size} for input {in_size}, "
                      f"kernel {window}, dilation {dilation}, padding {padding}")
+
+  def dilated(lhs, rhs):
+    return lax.conv_general_dilated(lhs, rhs, (1,) * n, padding, lhs_dilation=dilation,
+                                    dimension_numbers=_channels_last(lhs.ndim),
+                                    precision=precision)
+
+  sub_pixel = functools.partial(_sub_pixel_conv, dilation=dilation, padding=padding,
+                                out_size=tuple(out_size), precision=precision)
+  return lax.platform_dependent(lhs, rhs, cpu=sub_pixel, default=dilated)
+
+
+def _sub_pixel_conv(lhs, rhs, *, dilation, padding, out_size, precision):
+  """:func:`lhs_dilated_conv` as ``prod(dilation)`` stride-1 convolutions, interleaved."""
+  n = lhs.ndim - 2
+  window, in_size = rhs.shape[:n], lhs.shape[1:-1]
   phases_per_dim = []
   for s, h, (lo, _), k, size in zip(dilation, in_size, padding, window, out_size):
     count = -(-size // s)  # outputs per phase (the last phases may be cropped below)

@@ -143,3 +143,17 @@ def test_conv_transpose_layer_is_flax_conv_transpose():
                                rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match=r"expects inputs \[B, \*2 spatial, C\]"):
     ConvTranspose(3, (4, 4)).init(jax.random.PRNGKey(0), jnp.zeros((7, 7, 5)))
+
+
+def test_sub_pixel_form_is_staged_for_cpu_only():
+  # CPU: one stride-1 convolution per output phase, none over dilated zeros; GPU/TPU: the
+  # dilated convolution as lax writes it (lowered without the device, as for export).
+  x, w = jnp.ones((2, 7, 7, 3)), jnp.ones((4, 4, 3, 4))
+  traced = jax.jit(lambda x, w: ops.conv_transpose(x, w, (2, 2), "SAME")).trace(x, w)
+  for platform, count, dilation in (("cpu", 4, "lhs_dilate = [1, 1]"),
+                                    ("cuda", 1, "lhs_dilate = [2, 2]"),
+                                    ("tpu", 1, "lhs_dilate = [2, 2]")):
+    convs = [line for line in traced.lower(lowering_platforms=(platform,)).as_text().splitlines()
+             if "stablehlo.convolution" in line]
+    assert len(convs) == count, (platform, convs)
+    assert all(dilation in line for line in convs), (platform, convs)
