@@ -15,8 +15,9 @@ def get_config():
   c = mnist_dcgan.gan_config()
   c.generator.name = "ConditionalGenerator"
   c.generator.embed_dim = 50
-  c.discriminator.name = "ProjectionDiscriminator"  # spectral norm and hinge loss as mnist_dcgan
-  # The shallow critic: the labels already make the task easy, and this config's measured
-  # figures (docs/RESULTS.md) were taken with it.
-  c.discriminator.stride1_convs = False
+  # Spectral norm, hinge loss and the deeper critic (3x3 stride-1 convolutions) as mnist_dcgan:
+  # at step 8000 it reached conditional accuracy 0.9873, every class >= 0.970, where the
+  # shallow critic (discriminator.stride1_convs=False) had 0.9764 and a lowest class of ~0.95
+  # at step 7000 (docs/RESULTS.md).
+  c.discriminator.name = "ProjectionDiscriminator"
   return c
