@@ -135,10 +135,10 @@ def lhs_dilated_conv(lhs: jax.Array, rhs: jax.Array, lhs_dilation: Sequence[int]
   Equals ``lax.conv_general_dilated(lhs, rhs, (1,) * n, padding, lhs_dilation=lhs_dilation)``
   for ``lhs [B, *S, C_in]`` and ``rhs [*K, C_in, C_out]`` (padding: explicit ``(lo, hi)``
   pairs on the dilated input, negative values crop), without touching the inserted zeros.
-  Output position ``i = s * m + r`` only meets the taps ``t`` with ``t = (lo - r) mod s``
-  (mod ``s``), so each of the ``prod(s)`` phases ``r`` is a stride-1 VALID convolution of the
-  undilated input (shifted and padded per phase) with the sub-kernel ``rhs[t0::s]``; the
-  phase outputs are interleaved (depth-to-space). That is ``prod(s)`` times fewer
+  Output position ``i = s * m + r`` only meets the taps ``t = t0, t0 + s, ...`` with
+  ``t0 = (lo - r) mod s``, so each of the ``prod(s)`` phases ``r`` is a stride-1 VALID
+  convolution of the undilated input (shifted and padded per phase) with the sub-kernel
+  ``rhs[t0::s]``; the phase outputs are interleaved (depth-to-space). That is ``prod(s)`` times fewer
   multiply-adds than the dilated form, which XLA:CPU computes over the zeros. This is the
   sub-pixel form of a transposed convolution (the input gradient of a strided convolution,
   and ``ConvTranspose``); its gradients are those of :func:`conv_general_dilated`.
@@ -221,7 +221,7 @@ def conv_transpose_padding(kernel_size: int, stride: int, padding: str) -> tuple
 
 def conv_transpose(lhs: jax.Array, rhs: jax.Array, strides: Sequence[int], padding,
                    precision=None) -> jax.Array:
-  """``lax.conv_transpose`` for channels-last operands, computed in sub-pixel form.
+  """``lax.conv_transpose`` for channels-last operands, in sub-pixel form on CPU.
 
   ``lhs [B, *S, C_in]``, ``rhs [*K, C_in, C_out]`` (``transpose_kernel=False``, as
   ``flax.linen.ConvTranspose``); ``padding`` is 'SAME', 'VALID' or explicit ``(lo, hi)``
