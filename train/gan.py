@@ -330,19 +330,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
   if total_steps <= 0:
     raise ValueError(f"config.num_train_steps must be > 0; found {total_steps}")
 
-  evaluator = None
-  if config.get("classifier_workdir"):
-    evaluator = QualityEvaluator(config.classifier_workdir, builder=builder, info=info,
-                                 checkpoint=config.get("classifier_checkpoint", "best"),
-                                 num_real=config.num_real_samples,
-                                 batch_size=config.eval_batch_size)
-  else:
-    logging.warning("config.classifier_workdir is not set: sample quality is not measured")
-    print("Warning: config.classifier_workdir is not set; sample-quality metrics are skipped.")
-
   with loop.session(config, workdir, best_metric=BEST_METRIC, best_mode="min") as run:
     workdir, mesh, start_step = run.workdir, run.mesh, run.start_step
     checkpointer, writer = run.checkpointer, run.writer
+    evaluator = None
+    if config.get("classifier_workdir"):
+      evaluator = QualityEvaluator(config.classifier_workdir, builder=builder, info=info,
+                                   checkpoint=config.get("classifier_checkpoint", "best"),
+                                   num_real=config.num_real_samples,
+                                   batch_size=config.eval_batch_size)
+    else:
+      logging.warning("config.classifier_workdir is not set: sample quality is not measured")
+      print("Warning: config.classifier_workdir is not set; sample-quality metrics are "
+            "skipped.")
     train_iter = pipeline.make_train_iterator(
         builder, info, split=config.train_split, global_batch_size=config.batch_size,
         pp=config.pp_train, seed=config.seed, start_step=start_step)
