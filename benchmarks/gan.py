@@ -53,9 +53,9 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import keras_peers, timing  # noqa: E402
-from jaxvision.models import gan as gan_models  # noqa: E402
 from jaxvision.models.gan import LEAKY_RELU_SLOPE  # noqa: E402
-from jaxvision.training import gan as gan_lib, optim, sharding, steps as steps_lib  # noqa: E402
+from jaxvision.training import gan as gan_lib, loop, sharding, steps as steps_lib  # noqa: E402
+from train import gan as gan_trainer  # noqa: E402
 from train.configs import mnist_dcgan  # noqa: E402
 
 IMAGE_SHAPE = (28, 28, 1)
@@ -86,25 +86,21 @@ class JaxGANRunner:
     self.cfg, self.images, self.ema = cfg, images, ema
 
   def setup(self) -> dict:
-    cfg = self.cfg
+    cfg = ml_collections.ConfigDict(self.cfg.to_dict())
+    if not self.ema:
+      cfg.ema_decay = 0.0
     mesh = sharding.make_mesh(1)
-    generator = gan_models.Generator(image_shape=IMAGE_SHAPE, **{
-        k: v for k, v in cfg.generator.items() if k != "name"})
-    discriminator = gan_models.Discriminator(**{
-        k: v for k, v in cfg.discriminator.items() if k != "name"})
-    g_tx, _ = optim.make_optimizer(cfg.g_optimizer, 10_000)
-    d_tx, _ = optim.make_optimizer(cfg.d_optimizer, 10_000)
-    self.state = gan_lib.create_gan_state(generator, discriminator, g_tx, d_tx,
-                                          image_shape=IMAGE_SHAPE, rng=jax.random.PRNGKey(0),
-                                          ema=self.ema, mesh=mesh)
+    # The trainer's own builders: models, optimizers and replicated state from the config.
+    generator, discriminator = gan_trainer.create_models(cfg, IMAGE_SHAPE, num_classes=10)
+    self.state = gan_trainer.create_state(cfg, generator, discriminator, IMAGE_SHAPE, 10_000,
+                                          mesh)
     self.params = (_num_params(self.state.g_params), _num_params(self.state.d_params))
     step = steps_lib.jit_train_step(
         gan_lib.make_gan_step(generator, discriminator, loss=cfg.loss,
-                              ema_decay=cfg.ema_decay if self.ema else 0.0), mesh)
-    self.batch = sharding.shard_batch(
-        {"image": self.images, "label": np.zeros(len(self.images), np.int32)}, mesh)
-    compile_s, self.compiled = timing.time_call(
-        lambda: step.lower(self.state, self.batch).compile())
+                              ema_decay=cfg.ema_decay, fake_labels=cfg.fake_labels), mesh)
+    host_batch = {"image": self.images, "label": np.zeros(len(self.images), np.int32)}
+    self.batch = sharding.shard_batch(host_batch, mesh)
+    self.compiled, compile_s = loop.compile_step(step, self.state, host_batch, mesh)
     self.device = timing.describe_device(mesh.devices.flat[0])
     for _ in range(WARMUP):
       self.run(1)

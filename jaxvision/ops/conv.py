@@ -232,4 +232,4 @@ def conv_transpose(lhs: jax.Array, rhs: jax.Array, strides: Sequence[int], paddi
   strides = tuple(int(s) for s in strides)
   if isinstance(padding, str):
     padding = [conv_transpose_padding(k, s, padding) for k, s in zip(rhs.shape[:n], strides)]
-  return lhs_dilated_conv(lhs, rhs, strides, [tuple(p) for p in padding], precision=precision)
+  return lhs_dilated_conv(lhs, rhs, strides, padding, precision=precision)
