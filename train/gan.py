@@ -16,6 +16,15 @@ Workdir layout::
 
 Running the same command with the same workdir resumes from the latest checkpoint.
 
+Self-conditioning (``config.self_condition.num_clusters = K > 0``; Liu et al. 2020): the
+conditional pair is trained on K "classes" that are k-means clusters of the discriminator's
+features of the training images (``jaxvision.training.clustering``), computed before the first
+step and again every ``recluster_every_steps`` (never again when it is 0); no dataset label
+is used. The cluster id of every training example is part of the checkpointed state; generated
+images get ids drawn from the empirical cluster distribution, and quality is measured as for
+an unconditional model. Each clustering writes a ``kind='cluster'`` record (its purity against
+the dataset's labels, a diagnostic only) to ``metrics.jsonl``.
+
 Sample quality (``config.classifier_workdir``: the workdir of a completed classifier run, e.g.
 ``python -m train.main --config=train/configs/mnist_cnn.py --workdir=/tmp/runs/mnist_cnn``):
 generated images are quantized to uint8 (what a PNG stores), preprocessed with the
@@ -42,6 +51,7 @@ from jaxvision.data import pipeline, preprocess
 from jaxvision.metrics import generative
 from jaxvision.models import gan as gan_models
 from jaxvision.training import checkpoint as ckpt_lib
+from jaxvision.training import clustering
 from jaxvision.training import gan as gan_lib
 from jaxvision.training import loop, optim, reporting, sharding, steps as steps_lib
 from train import classification
@@ -58,6 +68,16 @@ GUARDED_METRICS = ("d_loss", "g_loss")
 RANGE_TOLERANCE = 1e-3
 # Fixed-latent streams: NumPy generators seeded with [seed, stream].
 _GRID_STREAM, _EVAL_STREAM, _INTERP_STREAM, _STATS_STREAM, _GENERATE_STREAM = range(1, 6)
+_LABEL_STREAM_OFFSET = 100  # label draws from a pseudo-label pool: stream + this offset
+
+
+def num_clusters(config) -> int:
+  """``config.self_condition.num_clusters`` (0: not self-conditioned)."""
+  self_condition = config.get("self_condition")
+  k = int(self_condition.num_clusters) if self_condition is not None else 0
+  if k < 0 or k == 1:
+    raise ValueError(f"config.self_condition.num_clusters must be 0 (off) or >= 2; found {k}")
+  return k
 
 
 def _build(table: dict, cfg, what: str, *, num_classes: int, **kwargs):
@@ -71,8 +91,18 @@ def _build(table: dict, cfg, what: str, *, num_classes: int, **kwargs):
 def create_models(config, image_shape, num_classes: int):
   """``(generator, discriminator)`` from ``config.generator`` / ``config.discriminator``.
 
-  Each is ``name`` plus constructor keywords; conditional models get ``num_classes``.
+  Each is ``name`` plus constructor keywords; conditional models get ``num_classes``, or the
+  number of clusters when the run is self-conditioned (which needs the conditional pair).
   """
+  clusters = num_clusters(config)
+  if clusters:
+    if (config.generator.name, config.discriminator.name) != CONDITIONAL_MODELS:
+      raise ValueError(
+          f"config.self_condition.num_clusters={clusters} conditions the GAN on clusters: it "
+          f"needs generator 'ConditionalGenerator' and discriminator "
+          f"'ProjectionDiscriminator'; found {config.generator.name!r} and "
+          f"{config.discriminator.name!r}")
+    num_classes = clusters
   dtype = classification._dtype(config)  # pylint: disable=protected-access
   generator = _build(GENERATORS, config.generator, "generator", num_classes=num_classes,
                      image_shape=tuple(int(d) for d in image_shape), dtype=dtype)
@@ -82,16 +112,25 @@ def create_models(config, image_shape, num_classes: int):
   return generator, discriminator
 
 
+def _class_names(config, info: pipeline.DatasetInfo) -> list[str]:
+  """Names of the generator's classes: the dataset's, or ``cluster<k>`` when self-conditioned."""
+  clusters = num_clusters(config)
+  return [f"cluster{k}" for k in range(clusters)] if clusters else list(info.class_names)
+
+
 def _meta(config, info: pipeline.DatasetInfo, image_shape, generator) -> dict:
-  conditional = getattr(generator, "num_classes", None) is not None
+  clusters = num_clusters(config)
   return {
       "model": f"{config.generator.name}/{config.discriminator.name}",
       "generator": config.generator.to_dict(),
       "discriminator": config.discriminator.to_dict(),
       "latent_dim": int(generator.latent_dim),
       "image_shape": [int(d) for d in image_shape],
-      "num_classes": info.num_classes if conditional else None,
-      "class_names": list(info.class_names),
+      "num_classes": getattr(generator, "num_classes", None),
+      "class_names": _class_names(config, info),
+      "self_condition": ({"num_clusters": clusters,
+                          "num_examples": pipeline.split_size(info, config.train_split)}
+                         if clusters else None),
       "dataset": info.name,
       "loss": config.loss,
       "ema": config.ema_decay > 0,
@@ -102,17 +141,22 @@ _META_KEYS = ("model", "latent_dim", "image_shape", "num_classes")
 
 
 def create_state(config, generator, discriminator, image_shape, total_steps: int, mesh, *,
-                 abstract: bool = False):
+                 num_examples: int = 0, abstract: bool = False):
   """A replicated :class:`GANState` with the optimizers and EMA setting of ``config``.
 
-  ``abstract=True`` gives its shapes and shardings only (a restore target; nothing is
-  initialised or compiled).
+  ``num_examples``: size of the training split; a self-conditioned run's state holds one
+  cluster id per example. ``abstract=True`` gives its shapes and shardings only (a restore
+  target; nothing is initialised or compiled).
   """
+  if num_clusters(config) and num_examples <= 0:
+    raise ValueError("a self-conditioned GAN state needs num_examples, the training split size")
   g_tx, _ = optim.make_optimizer(config.g_optimizer, total_steps)
   d_tx, _ = optim.make_optimizer(config.d_optimizer, total_steps)
   return gan_lib.create_gan_state(generator, discriminator, g_tx, d_tx, image_shape=image_shape,
                                   rng=jax.random.PRNGKey(config.seed),
-                                  ema=config.ema_decay > 0, mesh=mesh, abstract=abstract)
+                                  ema=config.ema_decay > 0,
+                                  num_pseudo_labels=num_examples if num_clusters(config) else 0,
+                                  mesh=mesh, abstract=abstract)
 
 
 class QualityEvaluator:
@@ -262,22 +306,38 @@ def _latents(seed: int, stream: int, shape) -> np.ndarray:
   return np.random.default_rng([seed, stream]).standard_normal(shape).astype(np.float32)
 
 
-def _grid_inputs(config, num_classes):
-  """Fixed latents of the sample grid: ``(z [N, D], labels [N] or None)``, row-major."""
+def _pool_labels(pool: np.ndarray, num: int, seed: int, stream: int) -> np.ndarray:
+  """``num`` fixed draws (with replacement) from the pseudo-label ``pool [N]``: int32 ``[num]``."""
+  rng = np.random.default_rng([seed, stream + _LABEL_STREAM_OFFSET])
+  return np.asarray(pool)[rng.integers(0, len(pool), num)].astype(np.int32)
+
+
+def _grid_inputs(config, num_classes, pool=None):
+  """Fixed latents of the sample grid: ``(z [N, D], labels [N] or None)``, row-major.
+
+  With a pseudo-label ``pool`` (self-conditioning) the grid is laid out as an unconditional
+  one, each sample's cluster drawn from the pool.
+  """
   cols = config.grid_columns
-  if num_classes is None:
-    return _latents(config.seed, _GRID_STREAM,
-                    (config.grid_rows * cols, config.generator.latent_dim)), None
+  if num_classes is None or pool is not None:
+    z = _latents(config.seed, _GRID_STREAM,
+                 (config.grid_rows * cols, config.generator.latent_dim))
+    return z, None if pool is None else _pool_labels(pool, len(z), config.seed, _GRID_STREAM)
   # One row per class, the same latent in each column: style fixed down a column.
   z = _latents(config.seed, _GRID_STREAM, (cols, config.generator.latent_dim))
   return np.tile(z, (num_classes, 1)), np.repeat(np.arange(num_classes, dtype=np.int32), cols)
 
 
-def _eval_inputs(config, num_classes):
-  """Fixed latents of the quality evaluation; class-balanced labels when conditional."""
+def _eval_inputs(config, num_classes, pool=None):
+  """Fixed latents of the quality evaluation; class-balanced labels when conditional, or
+  labels drawn from the pseudo-label ``pool`` when self-conditioned."""
   n = config.num_eval_samples
   z = _latents(config.seed, _EVAL_STREAM, (n, config.generator.latent_dim))
-  return z, None if num_classes is None else np.arange(n, dtype=np.int32) % num_classes
+  if num_classes is None:
+    return z, None
+  if pool is not None:
+    return z, _pool_labels(pool, n, config.seed, _EVAL_STREAM)
+  return z, np.arange(n, dtype=np.int32) % num_classes
 
 
 def _generator_variables(generator, state, config):
@@ -287,21 +347,23 @@ def _generator_variables(generator, state, config):
       num_samples=config.standing_stats_samples)
 
 
-def _plot_samples(sampler, variables, config, num_classes, class_names, path, title):
-  z, labels = _grid_inputs(config, num_classes)
+def _plot_samples(sampler, variables, config, num_classes, class_names, path, title, pool=None):
+  z, labels = _grid_inputs(config, num_classes, pool)
   images = sampler(variables, z, labels)
-  row_labels = None if num_classes is None else [class_names[k] for k in range(num_classes)]
+  row_labels = (None if num_classes is None or pool is not None
+                else [class_names[k] for k in range(num_classes)])
   reporting.plot_image_grid(images, path, ncols=config.grid_columns, row_labels=row_labels,
                             title=title)
 
 
-def _plot_interpolation(sampler, variables, config, num_classes, class_names, path):
+def _plot_interpolation(sampler, variables, config, num_classes, class_names, path, pool=None):
   rows, steps = config.interpolation_rows, config.interpolation_steps
   ends = _latents(config.seed, _INTERP_STREAM, (2, rows, config.generator.latent_dim))
   z = gan_lib.slerp(ends[0], ends[1], np.linspace(0.0, 1.0, steps))
   labels, row_labels = None, None
   if num_classes is not None:
-    row_classes = np.arange(rows) % num_classes
+    row_classes = (np.arange(rows) % num_classes if pool is None
+                   else _pool_labels(pool, rows, config.seed, _INTERP_STREAM))
     labels = np.repeat(row_classes, steps).astype(np.int32)
     row_labels = [class_names[k] for k in row_classes]
   images = sampler(variables, z.reshape(rows * steps, -1), labels)
@@ -313,6 +375,56 @@ def _flush(pending, writer, first_step) -> dict:
   """Fetches queued per-step metrics, stops on NaN/inf, writes their mean."""
   return loop.flush_metrics(pending, writer, first_step, guarded=GUARDED_METRICS, what="GAN",
                             hint="lower the learning rates or switch config.loss")
+
+
+class _Clusterer:
+  """Clusters the training split by the discriminator's features (self-conditioning).
+
+  The images go through ``config.pp_train`` (with a fixed per-example rng) in stored order,
+  the same order as the train iterator's split, so cluster id ``i`` belongs to example ``i``.
+  Every process computes all ids from its local copy of the replicated discriminator.
+  """
+
+  def __init__(self, config, builder, info, discriminator):
+    self.config = config
+    self.num_clusters = num_clusters(config)
+    self.batches = pipeline.make_eval_iterator(
+        builder, info, split=config.train_split,
+        global_batch_size=int(config.self_condition.feature_batch_size), pp=config.pp_train,
+        process_index=0, process_count=1)
+
+    def features(params, stats, images):
+      # phi(x) of the projection discriminator does not depend on the label.
+      ids = jax.numpy.zeros(images.shape[:1], jax.numpy.int32)
+      variables = {"params": params, **({"batch_stats": stats} if stats else {})}
+      _, aux = discriminator.apply(variables, images, ids, train=False)
+      return aux["features"]
+
+    self._features = jax.jit(features)
+
+  def __call__(self, state, step: int, previous: np.ndarray | None):
+    """``(ids int32 [N], record)``: cluster ids (renumbered to agree with ``previous``) and a
+    record of the clustering for ``metrics.jsonl``."""
+    start = time.perf_counter()
+    local = lambda a: a.addressable_data(0)  # pylint: disable=unnecessary-lambda-assignment
+    params, stats = jax.tree.map(local, (state.d_params, state.d_batch_stats))
+    feats, labels = [], []
+    for batch in self.batches:
+      keep = batch["mask"]
+      feats.append(np.asarray(self._features(params, stats, batch["image"]))[keep])
+      labels.append(batch["label"][keep])
+    feats, labels = np.concatenate(feats), np.concatenate(labels)
+    sc = self.config.self_condition
+    ids = clustering.cluster_features(feats, self.num_clusters, pca_dims=int(sc.pca_dims),
+                                      seed=int(self.config.seed) + step)
+    record = {}
+    if previous is not None:
+      ids = clustering.match_clusters(previous, ids, self.num_clusters)
+      record["kept_fraction"] = float(np.mean(ids == previous))
+    sizes = np.bincount(ids, minlength=self.num_clusters) / len(ids)
+    record.update(purity=clustering.purity(ids, labels), largest_cluster=float(sizes.max()),
+                  smallest_cluster=float(sizes.min()), seconds=time.perf_counter() - start)
+    return ids, record
 
 
 def _check_image_range(batch):
@@ -343,18 +455,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       logging.warning("config.classifier_workdir is not set: sample quality is not measured")
       print("Warning: config.classifier_workdir is not set; sample-quality metrics are "
             "skipped.")
-    train_iter = pipeline.make_train_iterator(
-        builder, info, split=config.train_split, global_batch_size=config.batch_size,
-        pp=config.pp_train, seed=config.seed, start_step=start_step)
+
+    def train_batches(start, labels=None):
+      return pipeline.make_train_iterator(
+          builder, info, split=config.train_split, global_batch_size=config.batch_size,
+          pp=config.pp_train, seed=config.seed, start_step=start, labels=labels)
+
+    train_iter = train_batches(start_step)
     first = next(train_iter)
     _check_image_range(first)
     image_shape = first["image"].shape[1:]
     generator, discriminator = create_models(config, image_shape, info.num_classes)
     num_classes = getattr(generator, "num_classes", None)
+    class_names = _class_names(config, info)
     meta = _meta(config, info, image_shape, generator)
+    clusters = num_clusters(config)
     state = create_state(config, generator, discriminator, image_shape, total_steps, mesh,
+                         num_examples=pipeline.split_size(info, config.train_split),
                          abstract=bool(start_step))
     state = run.resume(state, meta, total_steps, check_keys=_META_KEYS)
+    pool, clusterer, cluster_seconds = None, None, 0.0
+    recluster_every = 0
+    if clusters:
+      # The cluster ids replace the dataset's labels before any step sees a batch.
+      recluster_every = int(config.self_condition.recluster_every_steps)
+      clusterer = _Clusterer(config, builder, info, discriminator)
+      if start_step:
+        pool = np.asarray(jax.device_get(state.pseudo_labels.addressable_data(0)))
+      else:
+        pool, record = clusterer(state, 0, None)
+        cluster_seconds += record["seconds"]
+        writer.write(0, "cluster", record)
+        state = state.replace(pseudo_labels=jax.device_put(pool, sharding.replicated(mesh)))
+      train_iter = train_batches(start_step, pool)  # `first` now only gives shapes
 
     train_step, compile_seconds = loop.compile_step(
         steps_lib.jit_train_step(
@@ -362,14 +495,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
                                   ema_decay=config.ema_decay, fake_labels=config.fake_labels),
             mesh), state, first, mesh)
     sampler = _Sampler(generator, mesh, config.eval_batch_size)
-    eval_z, eval_labels = _eval_inputs(config, num_classes)
 
     def evaluate(state, step, path):
       variables = _generator_variables(generator, state, config)
       ev = {"step": int(step), "generator": "ema" if state.has_ema else "trained"}
       if evaluator is not None:
+        eval_z, eval_labels = _eval_inputs(config, num_classes, pool)
         images = reporting.to_uint8(sampler(variables, eval_z, eval_labels))
-        ev.update(evaluator.evaluate(images, eval_labels, info.class_names),
+        # Cluster ids are not the classifier's classes: no conditional accuracy for them.
+        ev.update(evaluator.evaluate(images, None if clusters else eval_labels, class_names),
                   classifier_workdir=evaluator.workdir,
                   classifier_checkpoint_step=evaluator.meta["checkpoint_step"])
       title = f"step {step}"
@@ -377,7 +511,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         title += (f": classifier score {ev['classifier_score']:.2f}, "
                   f"FCD {ev['frechet_classifier_distance']:.2f}")
       if jax.process_index() == 0:
-        _plot_samples(sampler, variables, config, num_classes, info.class_names, path, title)
+        _plot_samples(sampler, variables, config, num_classes, class_names, path, title, pool)
       return ev
 
     eval_every = config.eval_every_steps if config.eval_every_steps > 0 else total_steps
@@ -385,7 +519,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
     ckpt_every = config.get("checkpoint_every_steps", -1)
     train_seconds, eval_seconds, last_eval = 0.0, 0.0, None
     pending, pending_from = [], start_step
-    batch = first
+    batch = None if clusters else first
     bar = tqdm.tqdm(total=total_steps, initial=start_step, desc="train", unit="step",
                     dynamic_ncols=True, disable=config.get("disable_progress_bar", None))
     t_mark, n_mark = time.perf_counter(), 0
@@ -400,7 +534,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       n_mark += 1
       do_eval = done % eval_every == 0 or done == total_steps
       do_ckpt = do_eval or (ckpt_every > 0 and done % ckpt_every == 0)
-      if done % log_every == 0 or do_ckpt:
+      do_cluster = (clusters and recluster_every > 0 and done % recluster_every == 0
+                    and done < total_steps)
+      if done % log_every == 0 or do_ckpt or do_cluster:
         means = _flush(pending, writer, pending_from)
         pending, pending_from = [], done
         now = time.perf_counter()
@@ -416,12 +552,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
           writer.write(done, "eval", {k: v for k, v in last_eval.items()
                                       if isinstance(v, float)})
           tqdm.tqdm.write(summary_line(last_eval))
-        if do_ckpt:
+        if do_cluster:  # after the evaluation (it samples the pool it was trained on)
+          pool, record = clusterer(state, done, pool)
+          cluster_seconds += record["seconds"]
+          writer.write(done, "cluster", record)
+          tqdm.tqdm.write(f"[cluster] step {done}: purity {record['purity']:.3f}, "
+                          f"{record['kept_fraction']:.3f} kept their cluster "
+                          f"({record['seconds']:.0f} s)")
+          state = state.replace(pseudo_labels=jax.device_put(pool, sharding.replicated(mesh)))
+          train_iter, batch = train_batches(done, pool), None
+        if do_ckpt or do_cluster:
           ranked = do_eval and BEST_METRIC in last_eval
           checkpointer.save(done, state, meta,
                             metrics={BEST_METRIC: last_eval[BEST_METRIC]} if ranked else None)
         t_mark, n_mark = time.perf_counter(), 0
-        eval_seconds += t_mark - now
+        eval_seconds += t_mark - now - (record["seconds"] if do_cluster else 0.0)
     bar.close()
     final_step = int(jax.device_get(state.step))
     if last_eval is None:  # Already complete: evaluate what the checkpoint holds.
@@ -432,10 +577,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       title = f"final (step {final_step})"
       if "classifier_score" in last_eval:
         title += f": classifier score {last_eval['classifier_score']:.2f}"
-      _plot_samples(sampler, variables, config, num_classes, info.class_names,
-                    workdir / "plots" / "samples_final.png", title)
-      _plot_interpolation(sampler, variables, config, num_classes, info.class_names,
-                          workdir / "plots" / "interpolation.png")
+      _plot_samples(sampler, variables, config, num_classes, class_names,
+                    workdir / "plots" / "samples_final.png", title, pool)
+      _plot_interpolation(sampler, variables, config, num_classes, class_names,
+                          workdir / "plots" / "interpolation.png", pool)
     results = {
         "config": config.to_dict(),
         "dataset": {"name": info.name, "source": info.source,
@@ -445,6 +590,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
         "train_seconds": train_seconds,
         "eval_seconds": eval_seconds,
         "compile_seconds": compile_seconds,
+        "cluster_seconds": cluster_seconds,
         "devices": mesh.devices.size,
         "eval": last_eval,
     }
@@ -471,9 +617,10 @@ def restore_generator(config, workdir, checkpoint: str = "best"):
   when no checkpoint was ranked (runs without quality metrics).
 
   Returns:
-    ``(generator, variables, meta, step, mesh)``: ``variables`` are the EMA params with
+    ``(generator, variables, meta, step, mesh, pool)``: ``variables`` are the EMA params with
     re-measured BatchNorm statistics when the run kept an EMA (else the trained params and
-    running averages); ``meta`` is the checkpoint's.
+    running averages); ``meta`` is the checkpoint's; ``pool`` is the int32 ``[N]`` cluster
+    ids of a self-conditioned run (labels are drawn from it), else ``None``.
   """
   ckpt_dir = pathlib.Path(workdir).resolve() / "checkpoints"
   if not ckpt_dir.is_dir():
@@ -490,25 +637,30 @@ def restore_generator(config, workdir, checkpoint: str = "best"):
     stored = checkpointer.read_meta(step)
     image_shape = stored["image_shape"]
     generator, discriminator = create_models(config, image_shape, len(stored["class_names"]))
+    self_condition = stored.get("self_condition") or {}
     expected = {"model": f"{config.generator.name}/{config.discriminator.name}",
                 "latent_dim": int(generator.latent_dim), "image_shape": image_shape,
                 "num_classes": getattr(generator, "num_classes", None)}
     mesh = sharding.make_mesh(config.get("num_devices"))
     state = create_state(config, generator, discriminator, image_shape,
-                         max(int(config.num_train_steps), 1), mesh, abstract=True)
+                         max(int(config.num_train_steps), 1), mesh,
+                         num_examples=int(self_condition.get("num_examples", 0)), abstract=True)
     state = checkpointer.restore(step, state, expected, check_keys=_META_KEYS)
   finally:
     checkpointer.close()
-  return generator, _generator_variables(generator, state, config), stored, step, mesh
+  pool = (None if state.pseudo_labels is None
+          else np.asarray(jax.device_get(state.pseudo_labels.addressable_data(0))))
+  return generator, _generator_variables(generator, state, config), stored, step, mesh, pool
 
 
 def generate(config, workdir, *, num: int, out, checkpoint: str = "best") -> list[dict]:
   """Writes ``num`` generated PNG samples into ``out``, plus ``samples.json``.
 
   Files are ``sample_<i>.png`` (unconditional) or ``sample_<i>_class_<name>.png`` with the
-  requested classes cycling over all classes (``i % num_classes``). ``samples.json`` lists
-  ``{'file', 'class_id', 'class_name'}`` per sample (class fields only when conditional) and
-  the checkpoint step. Latents come from ``config.seed``.
+  requested classes cycling over all classes (``i % num_classes``; a self-conditioned run's
+  clusters ``cluster<k>`` are drawn from the empirical cluster distribution instead).
+  ``samples.json`` lists ``{'file', 'class_id', 'class_name'}`` per sample (class fields only
+  when conditional) and the checkpoint step. Latents come from ``config.seed``.
 
   Returns:
     The list of sample records.
@@ -516,10 +668,12 @@ def generate(config, workdir, *, num: int, out, checkpoint: str = "best") -> lis
   from PIL import Image
   if not isinstance(num, int) or num < 1:
     raise ValueError(f"--num must be a positive number of samples; found {num!r}")
-  generator, variables, meta, step, mesh = restore_generator(config, workdir, checkpoint)
+  generator, variables, meta, step, mesh, pool = restore_generator(config, workdir, checkpoint)
   num_classes = getattr(generator, "num_classes", None)
   z = _latents(config.seed, _GENERATE_STREAM, (num, generator.latent_dim))
   labels = None if num_classes is None else np.arange(num, dtype=np.int32) % num_classes
+  if pool is not None:
+    labels = _pool_labels(pool, num, config.seed, _GENERATE_STREAM)
   size = mesh.devices.size
   batch = min(config.eval_batch_size, -(-num // size) * size)
   images = reporting.to_uint8(_Sampler(generator, mesh, batch)(variables, z, labels))

@@ -260,8 +260,8 @@ def _numpy_iterator(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
 
 def make_train_iterator(builder: tfds.core.DatasetBuilder, info: DatasetInfo, *, split: str,
                         global_batch_size: int, pp: str, seed: int, start_step: int = 0,
-                        process_index: int | None = None, process_count: int | None = None
-                        ) -> Iterator[dict[str, np.ndarray]]:
+                        process_index: int | None = None, process_count: int | None = None,
+                        labels: np.ndarray | None = None) -> Iterator[dict[str, np.ndarray]]:
   """Infinite iterator of this host's training batches (see the module docstring).
 
   Args:
@@ -273,6 +273,8 @@ def make_train_iterator(builder: tfds.core.DatasetBuilder, info: DatasetInfo, *,
     start_step: global step of the first batch (resume): the iterator yields exactly what an
       uninterrupted one yields from its ``start_step``-th batch, without replaying earlier ones.
     process_index, process_count: default ``jax.process_index()`` / ``jax.process_count()``.
+    labels: int ``[N]`` replacing the split's labels in stored order (e.g. the cluster ids of
+      a self-conditioned GAN); the images and their order are unchanged.
 
   Yields:
     ``{'image': float32 [B_local, H', W', C'], 'label': int32 [B_local]}`` with
@@ -282,11 +284,17 @@ def make_train_iterator(builder: tfds.core.DatasetBuilder, info: DatasetInfo, *,
   steps_per_epoch(info, split, global_batch_size)
   if start_step < 0:
     raise ValueError(f"start_step must be >= 0, got {start_step}")
-  images, labels = load_split(builder, info, split)
+  images, split_labels = load_split(builder, info, split)
+  if labels is None:
+    labels = split_labels
+  elif np.shape(labels) != split_labels.shape or not np.issubdtype(np.asarray(labels).dtype,
+                                                                   np.integer):
+    raise ValueError(f"labels must be integers of shape {split_labels.shape} (one per example "
+                     f"of split {split!r}); found {np.asarray(labels).dtype} {np.shape(labels)}")
   return make_array_train_iterator(
-      {"image": images, "label": labels}, _example_fn(pp), global_batch_size=global_batch_size,
-      seed=seed, start_step=start_step, process_index=process_index,
-      process_count=process_count)
+      {"image": images, "label": np.asarray(labels, np.int32)}, _example_fn(pp),
+      global_batch_size=global_batch_size, seed=seed, start_step=start_step,
+      process_index=process_index, process_count=process_count)
 
 
 def make_array_train_iterator(arrays: Mapping[str, np.ndarray], example_fn: ExampleFn, *,

@@ -24,6 +24,12 @@ sees real images with the batch's labels; fake images are generated for uniforml
 (``fake_labels='random'``) or for the real batch's labels (``'batch'``), and are judged
 against the labels they were generated for.
 
+Self-conditioned models (``jaxvision.training.clustering``): the state carries
+``pseudo_labels``, one cluster id per training example, and the batch's ``'label'`` holds the
+real images' cluster ids; ``fake_labels='random'`` then draws the generated images' ids from
+the empirical cluster distribution (a uniformly random training example's id) instead of
+uniformly over the ids.
+
 Batch format: ``{'image': float [B, H, W, C] in [-1, 1], 'label': int32 [B]}``.
 """
 
@@ -62,6 +68,8 @@ class GANState(struct.PyTreeNode):
     rng: raw ``uint32[2]`` base key; step ``t`` draws from ``fold_in(rng, t)``, so a resumed run
       draws what an uninterrupted one draws.
     g_ema_params: EMA of ``g_params`` (same structure), or ``None`` when EMA is disabled.
+    pseudo_labels: int32 ``[N]`` cluster id of each training example (self-conditioned runs),
+      or ``None``; the label pool that random generator labels are drawn from.
     g_tx, d_tx: the optimizers (static, not saved).
   """
   step: jax.Array
@@ -73,6 +81,7 @@ class GANState(struct.PyTreeNode):
   d_opt_state: Any
   rng: jax.Array
   g_ema_params: Any = None
+  pseudo_labels: Any = None
   g_tx: optax.GradientTransformation = struct.field(pytree_node=False, default=None)
   d_tx: optax.GradientTransformation = struct.field(pytree_node=False, default=None)
 
@@ -120,7 +129,8 @@ def _init_variables(generator: nn.Module, discriminator: nn.Module, image_shape:
 
 def create_gan_state(generator: nn.Module, discriminator: nn.Module,
                      g_tx: optax.GradientTransformation, d_tx: optax.GradientTransformation, *,
-                     image_shape, rng: jax.Array, ema: bool = False, mesh=None,
+                     image_shape, rng: jax.Array, ema: bool = False,
+                     num_pseudo_labels: int = 0, mesh=None,
                      abstract: bool = False) -> GANState:
   """Initializes a :class:`GANState` (replicated on ``mesh`` when given).
 
@@ -132,6 +142,8 @@ def create_gan_state(generator: nn.Module, discriminator: nn.Module,
     image_shape: ``(H, W, C)`` of the images.
     rng: ``jax.random.PRNGKey``; split into the two init keys and the state's base key.
     ema: keep an EMA of the generator params (initialised to a copy of the params).
+    num_pseudo_labels: ``N > 0`` gives the state ``pseudo_labels``, int32 zeros ``[N]`` (a
+      self-conditioned run fills them in from its first clustering).
     mesh: if given, the state is created directly replicated on it.
     abstract: return the state's ``jax.ShapeDtypeStruct`` tree (with the replicated sharding
       when ``mesh`` is given) without computing anything: a restore target.
@@ -148,7 +160,9 @@ def create_gan_state(generator: nn.Module, discriminator: nn.Module,
         g_batch_stats=g_vars.get("batch_stats", {}), d_params=d_params,
         d_batch_stats=d_vars.get("batch_stats", {}), g_opt_state=g_tx.init(g_params),
         d_opt_state=d_tx.init(d_params), rng=state_rng,
-        g_ema_params=jax.tree.map(jnp.copy, g_params) if ema else None, g_tx=g_tx, d_tx=d_tx)
+        g_ema_params=jax.tree.map(jnp.copy, g_params) if ema else None,
+        pseudo_labels=(jnp.zeros((num_pseudo_labels,), jnp.int32) if num_pseudo_labels
+                       else None), g_tx=g_tx, d_tx=d_tx)
 
   if abstract:
     shapes = jax.eval_shape(
@@ -159,9 +173,12 @@ def create_gan_state(generator: nn.Module, discriminator: nn.Module,
   return jax.jit(assemble, out_shardings=out_sharding)(*variables)
 
 
-def _sample_labels(rng, batch: int, num_classes: int | None):
+def _sample_labels(rng, batch: int, num_classes: int | None, pool=None):
+  """``[batch]`` labels: uniform over the classes, or drawn from ``pool`` (int ``[N]``)."""
   if num_classes is None:
     return None
+  if pool is not None:
+    return pool[jax.random.randint(rng, (batch,), 0, pool.shape[0])]
   return jax.random.randint(rng, (batch,), 0, num_classes, dtype=jnp.int32)
 
 
@@ -175,8 +192,9 @@ def make_gan_step(generator: nn.Module, discriminator: nn.Module, *,
     generator, discriminator: the modules the state was created for.
     loss: ``'non_saturating'`` or ``'hinge'`` (``jaxvision.losses.get_gan_losses``).
     ema_decay: decay of the generator EMA, in ``[0, 1)``; used when the state has an EMA.
-    fake_labels: conditional models only: ``'random'`` (uniform) or ``'batch'`` (the real
-      batch's labels) for the generated images.
+    fake_labels: conditional models only: ``'random'`` (uniform, or drawn from the state's
+      ``pseudo_labels`` when it has them) or ``'batch'`` (the real batch's labels) for the
+      generated images.
 
   Metrics (float32 scalars): ``d_loss``, ``g_loss``, ``real_logit`` and ``fake_logit`` (mean
   discriminator logits in the D update), ``d_grad_norm``, ``g_grad_norm``.
@@ -201,7 +219,7 @@ def make_gan_step(generator: nn.Module, discriminator: nn.Module, *,
     z_rng, label_rng = jax.random.split(jax.random.fold_in(state.rng, state.step))
     z = jax.random.normal(z_rng, (size, generator.latent_dim), jnp.float32)
     labels = (real_labels if fake_labels == "batch" and num_classes is not None
-              else _sample_labels(label_rng, size, num_classes))
+              else _sample_labels(label_rng, size, num_classes, state.pseudo_labels))
 
     # 1. Generator forward (train mode), kept for the pull-back of step 3.
     def g_forward(g_params):
@@ -261,13 +279,14 @@ def _stats_collection(stats) -> dict:
 
 
 def standing_batch_stats(generator: nn.Module, params, batch_stats, rng: jax.Array, *,
-                         num_samples: int = 1024):
+                         num_samples: int = 1024, label_pool=None):
   """BatchNorm statistics of ``params`` measured on one batch of ``num_samples`` latents.
 
   The generator's running averages track the *trained* params; for other params (the EMA)
   the statistics are re-measured: the generator runs once in training mode with momentum 0,
   so each running average becomes the batch statistic of ``num_samples`` samples (random
-  labels for a conditional generator).
+  labels for a conditional generator: uniform, or drawn from ``label_pool`` int ``[N]``, the
+  state's ``pseudo_labels`` of a self-conditioned run).
 
   Returns:
     The new ``batch_stats`` (the input, unchanged, if the generator has none).
@@ -277,7 +296,7 @@ def standing_batch_stats(generator: nn.Module, params, batch_stats, rng: jax.Arr
   z_rng, label_rng = jax.random.split(rng)
   z = jax.random.normal(z_rng, (num_samples, generator.latent_dim), jnp.float32)
   num_classes = getattr(generator, "num_classes", None)
-  labels = _sample_labels(label_rng, num_samples, num_classes)
+  labels = _sample_labels(label_rng, num_samples, num_classes, label_pool)
   _, updates = generator.clone(bn_momentum=0.0).apply(
       {"params": params, "batch_stats": batch_stats}, z, *_label_args(labels, num_classes),
       train=True, mutable=["batch_stats"])
@@ -289,14 +308,16 @@ def generator_variables(generator: nn.Module, state: GANState, *, use_ema: bool 
   """Variables for sampling (``generator.apply(variables, z[, y], train=False)``).
 
   With ``use_ema`` and an EMA in ``state``: the EMA params with
-  :func:`standing_batch_stats` (measured with ``rng``, default ``PRNGKey(0)``); otherwise the
-  trained params with their running averages.
+  :func:`standing_batch_stats` (measured with ``rng``, default ``PRNGKey(0)``, and labels
+  from the state's ``pseudo_labels`` when it has them); otherwise the trained params with
+  their running averages.
   """
   if not (use_ema and state.has_ema):
     return {"params": state.g_params, **_stats_collection(state.g_batch_stats)}
   rng = jax.random.PRNGKey(0) if rng is None else rng
   stats = jax.jit(standing_batch_stats, static_argnums=0, static_argnames="num_samples")(
-      generator, state.g_ema_params, state.g_batch_stats, rng, num_samples=num_samples)
+      generator, state.g_ema_params, state.g_batch_stats, rng, num_samples=num_samples,
+      label_pool=state.pseudo_labels)
   return {"params": state.g_ema_params, **_stats_collection(stats)}
 
 

@@ -102,6 +102,25 @@ def test_far_resume_needs_no_replay(synthetic):
   assert len(set(ids.tolist())) == 8 and ids.max() < TRAIN_N
 
 
+def test_replaced_labels_follow_their_examples(synthetic):
+  """``labels`` (e.g. cluster ids) replace the stored labels per example; images and order are
+  those of the plain iterator."""
+  builder, info = synthetic
+  images, _ = pipeline.load_split(builder, info, "train")  # stored order
+  new_labels = (np.arange(TRAIN_N) * 7 + 3) % 5  # the i-th stored example gets (7 i + 3) mod 5
+  label_of_id = dict(zip(_ids({"image": images.astype(np.float64)}), new_labels))
+  plain = _take(_train(synthetic, start_step=5), 4)
+  relabelled = _take(_train(synthetic, start_step=5, labels=new_labels), 4)
+  for a, b in zip(plain, relabelled):
+    np.testing.assert_array_equal(a["image"], b["image"])
+    np.testing.assert_array_equal(b["label"], [label_of_id[i] for i in _ids(b)])
+    assert b["label"].dtype == np.int32
+  with pytest.raises(ValueError, match=r"labels must be integers of shape \(70,\)"):
+    _train(synthetic, labels=new_labels[:-1])
+  with pytest.raises(ValueError, match="labels must be integers"):
+    _train(synthetic, labels=new_labels.astype(np.float32))
+
+
 def test_multi_host_slices_are_disjoint_halves(synthetic):
   one = _take(_train(synthetic, pp=AUG, process_index=0, process_count=1), 10)
   parts = [_take(_train(synthetic, pp=AUG, process_index=p, process_count=2), 10) for p in (0, 1)]

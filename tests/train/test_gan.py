@@ -20,12 +20,17 @@ from train.configs import digits_cnn, mnist_cgan, mnist_dcgan
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _config(conditional=False, **overrides):
-  c = (mnist_cgan if conditional else mnist_dcgan).get_config()
+def _config(conditional=False, self_conditioned=False, **overrides):
+  """Tiny digits variants of mnist_dcgan (plain or, by default there, self-conditioned) and
+  mnist_cgan."""
+  if conditional:
+    c = mnist_cgan.get_config()
+  else:
+    c = mnist_dcgan.get_config("self_conditioned" if self_conditioned else "plain")
   c.dataset = "digits"
   c.generator.latent_dim = 16
   c.generator.base_features = 8
-  if conditional:
+  if conditional or self_conditioned:
     c.generator.embed_dim = 4
   c.discriminator.base_features = 8
   c.batch_size = 16
@@ -72,11 +77,28 @@ def _latest_state(workdir, config):
     step = ckpt.latest_step()
     meta = ckpt.read_meta(step)
     generator, discriminator = gan.create_models(config, meta["image_shape"], 10)
+    num_examples = (meta.get("self_condition") or {}).get("num_examples", 0)
     state = gan.create_state(config, generator, discriminator, meta["image_shape"], 8,
-                             sharding.make_mesh())
+                             sharding.make_mesh(), num_examples=num_examples)
     return step, jax.device_get(ckpt.restore(step, state, meta))
   finally:
     ckpt.close()
+
+
+def _diverge_at_step_5(config, workdir, monkeypatch):
+  """Runs ``config`` into ``workdir`` with a NaN batch at step 5: it stops with a clear error
+  and keeps only the checkpoints before it."""
+  real = pipeline.make_train_iterator
+
+  def poisoned(*args, **kwargs):
+    start = kwargs.get("start_step", 0)
+    for i, b in enumerate(real(*args, **kwargs)):
+      yield dict(b, image=np.full_like(b["image"], np.nan)) if start + i == 4 else b
+
+  monkeypatch.setattr(pipeline, "make_train_iterator", poisoned)
+  with pytest.raises(classification.DivergenceError, match=r"d_loss became nan at step 5"):
+    gan.train_and_evaluate(config, workdir)
+  monkeypatch.undo()
 
 
 def test_diverged_run_stops_then_resumes_to_match_an_uninterrupted_run(tmp_path, monkeypatch):
@@ -87,17 +109,7 @@ def test_diverged_run_stops_then_resumes_to_match_an_uninterrupted_run(tmp_path,
   config.loss = "non_saturating"
   full = gan.train_and_evaluate(config, tmp_path / "full")
 
-  real = pipeline.make_train_iterator
-
-  def poisoned(*args, **kwargs):
-    start = kwargs.get("start_step", 0)
-    for i, b in enumerate(real(*args, **kwargs)):
-      yield dict(b, image=np.full_like(b["image"], np.nan)) if start + i == 4 else b
-
-  monkeypatch.setattr(pipeline, "make_train_iterator", poisoned)
-  with pytest.raises(classification.DivergenceError, match=r"d_loss became nan at step 5"):
-    gan.train_and_evaluate(config, tmp_path / "resumed")
-  monkeypatch.undo()
+  _diverge_at_step_5(config, tmp_path / "resumed", monkeypatch)
   ckpt = ckpt_lib.Checkpointer(tmp_path / "resumed" / "checkpoints")
   assert ckpt.all_steps() == [2, 4]  # nothing at or after the divergence
   ckpt.close()
@@ -115,6 +127,56 @@ def test_diverged_run_stops_then_resumes_to_match_an_uninterrupted_run(tmp_path,
   assert resumed["eval"] == {"step": 8, "generator": "ema"}
   for png in ("samples_8.png", "samples_final.png", "interpolation.png"):
     assert (tmp_path / "resumed" / "plots" / png).stat().st_size > 2000
+
+
+def test_self_conditioned_run_trains_on_cluster_ids_and_resumes_exactly(tmp_path, monkeypatch):
+  """Clusters at steps 0, 3 and 6 replace the dataset's labels; a run stopped at step 5 (NaN)
+  resumes from its step-4 checkpoint, which holds the step-3 cluster ids, and ends where an
+  uninterrupted run ends, ids included."""
+  config = _config(self_conditioned=True, eval_every_steps=8, num_devices=1)
+  config.discriminator.normalization = "none"
+  assert config.self_condition.num_clusters == 50  # the mnist_dcgan config's
+  config.self_condition.num_clusters = 4
+  config.self_condition.recluster_every_steps = 3
+  config.self_condition.feature_batch_size = 100
+  real = pipeline.make_train_iterator
+  label_args = []
+
+  def recording(*args, **kwargs):
+    label_args.append(kwargs.get("labels"))
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(pipeline, "make_train_iterator", recording)
+  full = gan.train_and_evaluate(config, tmp_path / "full")
+  # The dataset's labels only give the batch shapes; every batch trained on has cluster ids.
+  assert label_args[0] is None and len(label_args) == 4
+  assert all(ids.shape == (1437,) and ids.min() >= 0 and ids.max() < 4 for ids in label_args[1:])
+  records = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+  clusters = [r for r in records if r["kind"] == "cluster"]
+  assert [r["step"] for r in clusters] == [0, 3, 6]
+  assert all(0.1 <= r["purity"] <= 1 and r["smallest_cluster"] > 0 for r in clusters)
+  assert "kept_fraction" not in clusters[0] and 0 <= clusters[1]["kept_fraction"] <= 1
+  assert full["cluster_seconds"] > 0 and "conditional_accuracy" not in full["eval"]
+
+  monkeypatch.undo()
+  _diverge_at_step_5(config, tmp_path / "resumed", monkeypatch)
+  resumed = gan.train_and_evaluate(config, tmp_path / "resumed")
+  assert resumed["resumed_from_step"] == 4 and resumed["steps"] == 8
+  np.testing.assert_allclose(_train_losses(tmp_path / "resumed"),
+                             _train_losses(tmp_path / "full"), rtol=1e-6)
+  _, s_full = _latest_state(tmp_path / "full", config)
+  _, s_res = _latest_state(tmp_path / "resumed", config)
+  np.testing.assert_array_equal(s_full.pseudo_labels, label_args[-1])
+  for a, b in zip(jax.tree_util.tree_leaves(s_full), jax.tree_util.tree_leaves(s_res)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  records = gan.generate(config, tmp_path / "resumed", num=6, out=tmp_path / "gen",
+                         checkpoint="latest")
+  assert all(r["class_name"] == f"cluster{r['class_id']}" for r in records)
+  # Self-conditioning needs the conditional pair.
+  config = _config(num_devices=1)
+  config.self_condition.num_clusters = 4
+  with pytest.raises(ValueError, match="needs generator 'ConditionalGenerator'"):
+    gan.train_and_evaluate(config, tmp_path / "unconditional")
 
 
 def test_images_outside_the_tanh_range_are_a_clear_error(tmp_path):
@@ -228,7 +290,8 @@ def test_cli_train_and_generate(tmp_path):
   out = subprocess.run(base + ["--mode=generate", "--num=5", f"--out={tmp_path / 'gen'}"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert len(list((tmp_path / "gen").glob("sample_*.png"))) == 5
+  # The default mnist_dcgan is self-conditioned: samples are named by their cluster.
+  assert len(list((tmp_path / "gen").glob("sample_*_class_cluster*.png"))) == 5
   out = subprocess.run(base + ["--mode=predict"], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=300)
   assert out.returncode != 0 and "not available for config.task 'gan'" in out.stderr
