@@ -173,7 +173,9 @@ def plot_image_grid(images, path, *, ncols: int, row_labels=None, title: str | N
   if row_labels is not None and len(row_labels) != rows:
     raise ValueError(f"row_labels has {len(row_labels)} entries for {rows} grid rows")
   dpi = 100
-  margin_left = 0.5 if row_labels is not None else 0.1
+  margin_left = 0.1
+  if row_labels is not None:  # about 0.07 inch per character at font size 8
+    margin_left = max(0.5, 0.15 + 0.07 * max(len(str(label)) for label in row_labels))
   margin_top = 0.35 if title else 0.1
   width = grid.shape[1] * pixel_scale / dpi
   height = grid.shape[0] * pixel_scale / dpi
