@@ -427,6 +427,18 @@ class _Clusterer:
     return ids, record
 
 
+def _host_pool(state) -> np.ndarray | None:
+  """This process's copy of the state's cluster ids (int32 ``[N]``), or ``None``."""
+  if state.pseudo_labels is None:
+    return None
+  return np.asarray(jax.device_get(state.pseudo_labels.addressable_data(0)))
+
+
+def _with_pool(state, pool: np.ndarray, mesh):
+  """``state`` with cluster ids ``pool`` (replicated on ``mesh``, as the rest of the state)."""
+  return state.replace(pseudo_labels=jax.device_put(pool, sharding.replicated(mesh)))
+
+
 def _check_image_range(batch):
   lo, hi = float(np.min(batch["image"])), float(np.max(batch["image"]))
   if lo < -1 - RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
@@ -481,12 +493,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
       recluster_every = int(config.self_condition.recluster_every_steps)
       clusterer = _Clusterer(config, builder, info, discriminator)
       if start_step:
-        pool = np.asarray(jax.device_get(state.pseudo_labels.addressable_data(0)))
+        pool = _host_pool(state)
       else:
         pool, record = clusterer(state, 0, None)
         cluster_seconds += record["seconds"]
         writer.write(0, "cluster", record)
-        state = state.replace(pseudo_labels=jax.device_put(pool, sharding.replicated(mesh)))
+        state = _with_pool(state, pool, mesh)
       train_iter = train_batches(start_step, pool)  # `first` now only gives shapes
 
     train_step, compile_seconds = loop.compile_step(
@@ -559,7 +571,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> dict:
           tqdm.tqdm.write(f"[cluster] step {done}: purity {record['purity']:.3f}, "
                           f"{record['kept_fraction']:.3f} kept their cluster "
                           f"({record['seconds']:.0f} s)")
-          state = state.replace(pseudo_labels=jax.device_put(pool, sharding.replicated(mesh)))
+          state = _with_pool(state, pool, mesh)
           train_iter, batch = train_batches(done, pool), None
         if do_ckpt or do_cluster:
           ranked = do_eval and BEST_METRIC in last_eval
@@ -648,8 +660,7 @@ def restore_generator(config, workdir, checkpoint: str = "best"):
     state = checkpointer.restore(step, state, expected, check_keys=_META_KEYS)
   finally:
     checkpointer.close()
-  pool = (None if state.pseudo_labels is None
-          else np.asarray(jax.device_get(state.pseudo_labels.addressable_data(0))))
+  pool = _host_pool(state)
   return generator, _generator_variables(generator, state, config), stored, step, mesh, pool
 
 
