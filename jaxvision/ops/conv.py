@@ -101,31 +101,48 @@ def _conv_fwd(lhs, rhs, strides, padding, precision, preferred_element_type):
 def _conv_bwd(strides, padding, precision, preferred_element_type, residuals, g):
   del preferred_element_type  # Gradients come back in the operands' dtypes.
   lhs, rhs = residuals
-  n = lhs.ndim - 2  # spatial dims
-  dn = _channels_last(lhs.ndim)
-  window = rhs.shape[:n]
-  in_size, out_size = lhs.shape[1:-1], g.shape[1:-1]
   g = g.astype(lhs.dtype)
-
-  # Input gradient: full correlation of the stride-dilated g with the flipped, io-swapped
-  # kernel. Low padding k-1-lo; high padding chosen so the result has the input's size.
-  flipped = jnp.swapaxes(jnp.flip(rhs, axis=tuple(range(n))), -1, -2)  # [*K, C_out, C_in]
-  dx_padding = [(k - 1 - lo, size + lo - 1 - (o - 1) * s)
-                for k, (lo, _), size, o, s in zip(window, padding, in_size, out_size, strides)]
-  dx = lhs_dilated_conv(g, flipped.astype(g.dtype), strides, dx_padding, precision=precision)
-
-  # Kernel gradient: batch is the contracted feature axis, input channels the batch axis.
-  lhs_t = jnp.moveaxis(lhs, (0, -1), (-1, 0))  # [C_in, *S, B]
-  g_t = jnp.moveaxis(g, 0, -2)  # [*O, B, C_out]
-  dw = lax.conv_general_dilated(lhs_t, g_t, (1,) * n, padding,
-                                rhs_dilation=strides, dimension_numbers=dn,
-                                precision=precision)  # [C_in, >= *K, C_out]
-  dw = dw[(slice(None), *(slice(0, k) for k in window), slice(None))]
-  dw = jnp.moveaxis(dw, 0, -2)  # [*K, C_in, C_out]
+  dx = input_gradient(g, rhs, lhs.shape[1:-1], strides, padding, precision)
+  dw = kernel_gradient(lhs, jnp.moveaxis(g, 0, -2), rhs.shape[:-2], strides, padding, precision)
   return dx.astype(lhs.dtype), dw.astype(rhs.dtype)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def input_gradient(g, rhs, in_size, strides, padding, precision=None):
+  """Gradient of a channels-last convolution with respect to its input.
+
+  ``g [B, *O, C_out]`` is the output's cotangent, ``rhs [*K, C_in, C_out]`` the kernel,
+  ``in_size`` the input's spatial size, ``padding`` explicit ``(lo, hi)`` pairs with
+  ``0 <= lo, hi <= k - 1``. Returns ``[B, *in_size, C_in]``: the full correlation of the
+  stride-dilated ``g`` with the flipped, io-swapped kernel (low padding ``k-1-lo``, high
+  padding so the result has the input's size), in sub-pixel form for strides > 1.
+  """
+  n = len(in_size)
+  window, out_size = rhs.shape[:n], g.shape[1:-1]
+  flipped = jnp.swapaxes(jnp.flip(rhs, axis=tuple(range(n))), -1, -2)  # [*K, C_out, C_in]
+  dx_padding = [(k - 1 - lo, size + lo - 1 - (o - 1) * s)
+                for k, (lo, _), size, o, s in zip(window, padding, in_size, out_size, strides)]
+  return lhs_dilated_conv(g, flipped.astype(g.dtype), strides, dx_padding, precision=precision)
+
+
+def kernel_gradient(lhs, g_t, window, strides, padding, precision=None):
+  """Gradient of a channels-last convolution with respect to its kernel.
+
+  ``lhs [B, *S, C_in]`` is the input and ``g_t [*O, B, C_out]`` the output's cotangent with
+  the batch moved next to the channels (the layout this convolution consumes; a caller that
+  can produce it directly saves a transpose). Returns ``[*window, C_in, C_out]``: the image
+  seen as ``[C_in, *S, B]`` (batch as the contracted feature axis) convolved with ``g_t``
+  dilated by the stride.
+  """
+  n = lhs.ndim - 2
+  lhs_t = jnp.moveaxis(lhs, (0, -1), (-1, 0))  # [C_in, *S, B]
+  dw = lax.conv_general_dilated(lhs_t, g_t.astype(lhs.dtype), (1,) * n, padding,
+                                rhs_dilation=strides, dimension_numbers=_channels_last(lhs.ndim),
+                                precision=precision)  # [C_in, >= *K, C_out]
+  dw = dw[(slice(None), *(slice(0, k) for k in window), slice(None))]
+  return jnp.moveaxis(dw, 0, -2)  # [*K, C_in, C_out]
 
 
 def lhs_dilated_conv(lhs: jax.Array, rhs: jax.Array, lhs_dilation: Sequence[int], padding,

@@ -1,4 +1,4 @@
-"""``models.cnn.max_pool`` and SimpleCNN's pooling order against independent references.
+"""``ops.max_pool`` and SimpleCNN's pooling order against independent references.
 
 The library replaces ``nn.max_pool``'s gradient (XLA's select_and_scatter, slow on CPU) and
 pools before the ReLU in SimpleCNN; values and gradients must stay those of the textbook
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from jaxvision import models
-from jaxvision.models.cnn import max_pool
+from jaxvision.ops import max_pool
 
 
 def _np_max_pool_grad(x, g, window, strides, pads):

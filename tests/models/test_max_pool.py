@@ -1,4 +1,4 @@
-"""jaxvision's max_pool (custom VJP without select_and_scatter) against flax's nn.max_pool."""
+"""jaxvision.ops.max_pool (custom VJP without select_and_scatter) against flax's nn.max_pool."""
 
 import flax.linen as nn
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxvision.models.cnn import max_pool
+from jaxvision.ops import max_pool
 
 
 @pytest.mark.parametrize("window,strides,padding,shape", [
