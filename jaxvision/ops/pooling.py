@@ -195,6 +195,7 @@ def conv_max_pool(lhs: jax.Array, rhs: jax.Array, padding="VALID",
   are not computed. Returns ``[B, Hc // ph, Wc // pw, C_out]`` for a convolution output of
   ``Hc x Wc``. Values equal ``max_pool(lax.conv_general_dilated(...))`` exactly; gradients
   equal theirs up to float summation order (ties: first maximum in row-major order).
+  Reverse mode (``jax.grad``/``vjp``) only, like ``max_pool``.
   """
   if lhs.ndim != 4 or rhs.ndim != 4 or rhs.shape[2] != lhs.shape[3]:
     raise ValueError(f"conv_max_pool expects lhs [B, H, W, C_in] and rhs [kh, kw, C_in, "
