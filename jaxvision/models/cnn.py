@@ -25,17 +25,10 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxvision.models.layers import Conv, ConvMaxPool
-from jaxvision.ops.pooling import max_pool
+from jaxvision.ops.pooling import check_image_batch, max_pool
 
 Dtype = Any
 ModuleDef = Any
-
-
-def _check_image_batch(x, name: str):
-  if x.ndim != 4:
-    raise ValueError(
-        f"{name} expects images of shape [batch, height, width, channels]; "
-        f"found an array of shape {tuple(x.shape)}")
 
 
 class SimpleCNN(nn.Module):
@@ -55,7 +48,7 @@ class SimpleCNN(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    _check_image_batch(x, "SimpleCNN")
+    check_image_batch(x, "SimpleCNN")
     x = x.astype(self.dtype)
     for i, features in enumerate((32, 64)):
       # = max_pool(relu(Conv(features)(x)), 2x2/2): ReLU commutes with the maximum, so it
@@ -89,7 +82,7 @@ class LeNet5(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    _check_image_batch(x, "LeNet5")
+    check_image_batch(x, "LeNet5")
     padding = "SAME" if x.shape[1] < 32 else "VALID"
     x = x.astype(self.dtype)
     x = self.activation(Conv(6, (5, 5), padding=padding, dtype=self.dtype)(x))
@@ -133,7 +126,7 @@ class VGG(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    _check_image_batch(x, "VGG")
+    check_image_batch(x, "VGG")
     pools = sum(1 for v in self.layers if v == "M")
     if x.shape[1] % (2 ** pools) or x.shape[2] % (2 ** pools):
       raise ValueError(
@@ -225,7 +218,7 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    _check_image_batch(x, "ResNet")
+    check_image_batch(x, "ResNet")
     if self.stem not in ("imagenet", "cifar"):
       raise ValueError(f"ResNet stem must be 'imagenet' or 'cifar'; found {self.stem!r}")
     # layers.Conv: on CPU its strided convolutions' input gradients skip the stride's zeros

@@ -54,7 +54,7 @@ def max_pool(x: jax.Array, window_shape: Sequence[int], strides: Sequence[int] |
 
   Returns ``[B, H', W', C]`` with ``H' = (H + top + bottom - window) // stride + 1``.
   """
-  _check_image_batch(x, "max_pool")
+  check_image_batch(x, "max_pool")
   window_shape = tuple(int(v) for v in window_shape)
   strides = tuple(int(v) for v in strides) if strides is not None else (1, 1)
   if len(window_shape) != 2 or len(strides) != 2:
@@ -253,7 +253,8 @@ def _conv_max_pool_bwd(pads, window_shape, precision, residuals, g):
 _conv_max_pool.defvjp(_conv_max_pool_fwd, _conv_max_pool_bwd)
 
 
-def _check_image_batch(x, name: str):
+def check_image_batch(x, name: str):
+  """Raises a ValueError naming ``name`` unless ``x`` is ``[batch, height, width, channels]``."""
   if x.ndim != 4:
     raise ValueError(
         f"{name} expects images of shape [batch, height, width, channels]; "

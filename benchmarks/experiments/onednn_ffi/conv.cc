@@ -28,6 +28,16 @@ static Geo MakeGeo(ffi::Span<const int64_t> xd, ffi::Span<const int64_t> wd, ffi
   return g;
 }
 
+// The HWIO weights at `user`, reordered into `wanted` (the primitive's choice) when that differs.
+static memory WeightsAs(const memory::desc& wanted, const memory::desc& user, float* data,
+                        dnnl::stream& s) {
+  memory wu(user, Eng(), data);
+  if (wanted == user) return wu;
+  memory wp(wanted, Eng());
+  dnnl::reorder(wu, wp).execute(s, wu, wp);
+  return wp;
+}
+
 static dnnl::convolution_forward::primitive_desc FwdPd(const Geo& g) {
   return dnnl::convolution_forward::primitive_desc(
       Eng(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
@@ -41,12 +51,7 @@ static ffi::Error FwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w, ffi:
     auto pd = FwdPd(g);
     auto& s = Str();
     memory src(g.src, Eng(), x.typed_data()), dst(g.dst, Eng(), y->typed_data());
-    memory wu(g.wei_user, Eng(), w.typed_data());
-    memory wp = wu;
-    if (pd.weights_desc() != g.wei_user) {
-      wp = memory(pd.weights_desc(), Eng());
-      dnnl::reorder(wu, wp).execute(s, wu, wp);
-    }
+    memory wp = WeightsAs(pd.weights_desc(), g.wei_user, w.typed_data(), s);
     dnnl::convolution_forward(pd).execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wp}, {DNNL_ARG_DST, dst}});
     s.wait();
   } catch (const dnnl::error& e) {
@@ -65,12 +70,7 @@ static ffi::Error BwdDataImpl(ffi::Buffer<ffi::F32> dy, ffi::Buffer<ffi::F32> w,
         Eng(), dnnl::algorithm::convolution_direct, g.src, g.wei_any, g.dst, g.strides, g.pl, g.pr, fwd);
     auto& s = Str();
     memory dsrc(g.src, Eng(), dx->typed_data()), ddst(g.dst, Eng(), dy.typed_data());
-    memory wu(g.wei_user, Eng(), w.typed_data());
-    memory wp = wu;
-    if (pd.weights_desc() != g.wei_user) {
-      wp = memory(pd.weights_desc(), Eng());
-      dnnl::reorder(wu, wp).execute(s, wu, wp);
-    }
+    memory wp = WeightsAs(pd.weights_desc(), g.wei_user, w.typed_data(), s);
     dnnl::convolution_backward_data(pd).execute(s, {{DNNL_ARG_DIFF_SRC, dsrc}, {DNNL_ARG_WEIGHTS, wp}, {DNNL_ARG_DIFF_DST, ddst}});
     s.wait();
   } catch (const dnnl::error& e) {
