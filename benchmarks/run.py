@@ -66,6 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="devices in the JAX mesh (default: all, as the trainer)")
   p.add_argument("--peak-n", type=int, default=None,
                  help="matmul size for the peak FLOP/s (default 2048 on CPU, 8192 otherwise)")
+  p.add_argument("--cpu-async-dispatch", action="store_true",
+                 help="restore JAX's asynchronous CPU dispatch, which importing "
+                      "jaxvision.training turns off (training.cpu_runtime): for before/after runs")
   p.add_argument("--out", required=True, help="JSON file to write")
   args = p.parse_args(argv)
   for name in args.models:
@@ -187,7 +190,10 @@ def format_row(r: dict) -> str:
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
+  if args.cpu_async_dispatch:  # Before anything creates JAX's backends.
+    jax.config.update("jax_cpu_enable_async_dispatch", True)
   env = timing.environment()
+  env["jax_cpu_enable_async_dispatch"] = bool(jax.config.read("jax_cpu_enable_async_dispatch"))
   mesh = sharding.make_mesh(args.num_devices)
   peak = timing.matmul_peak(mesh.devices.flat[0], n=args.peak_n)
   print(f"device: {env['device']}; {mesh.devices.size} device(s) in the mesh; "

@@ -15,7 +15,8 @@ On CPU (XLA:CPU in jaxlib 0.10):
 
 An option is left out when the user sets it in ``XLA_FLAGS`` (the user's value wins) or
 when this jaxlib does not know it (checked once by compiling a trivial function), and
-``JAXVISION_XLA_DEFAULTS=0`` turns all of them off.
+``JAXVISION_XLA_DEFAULTS=0`` turns all of them off (and the host defaults of
+``training.cpu_runtime``).
 """
 
 from __future__ import annotations
@@ -27,13 +28,12 @@ import os
 import jax
 import jax.numpy as jnp
 
+from jaxvision.training import cpu_runtime
+
 CPU_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type":
         "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
 }
-
-_ENV_SWITCH = "JAXVISION_XLA_DEFAULTS"
-
 
 def _user_flags() -> str:
   return os.environ.get("XLA_FLAGS", "")
@@ -55,7 +55,7 @@ def _supported(platform: str, name: str, value: str) -> bool:
 
 def step_compiler_options(mesh) -> dict | None:
   """``compiler_options`` for steps compiled over ``mesh`` (None when there are none)."""
-  if os.environ.get(_ENV_SWITCH, "1").lower() in ("0", "false", "no"):
+  if not cpu_runtime.defaults_enabled():
     return None
   platform = mesh.devices.flat[0].platform
   defaults = CPU_OPTIONS if platform == "cpu" else {}
