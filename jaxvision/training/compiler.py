@@ -35,6 +35,7 @@ CPU_OPTIONS = {
         "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE",
 }
 
+
 def _user_flags() -> str:
   return os.environ.get("XLA_FLAGS", "")
 
