@@ -193,7 +193,6 @@ def main(argv=None) -> dict:
   if args.cpu_async_dispatch:  # Before anything creates JAX's backends.
     jax.config.update("jax_cpu_enable_async_dispatch", True)
   env = timing.environment()
-  env["jax_cpu_enable_async_dispatch"] = bool(jax.config.read("jax_cpu_enable_async_dispatch"))
   mesh = sharding.make_mesh(args.num_devices)
   peak = timing.matmul_peak(mesh.devices.flat[0], n=args.peak_n)
   print(f"device: {env['device']}; {mesh.devices.size} device(s) in the mesh; "

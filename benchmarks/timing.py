@@ -148,7 +148,7 @@ def versions(extra: Sequence[str] = ("tensorflow", "keras")) -> dict:
 
 
 def environment() -> dict:
-  """Machine, device, date, versions and XLA flags, for the header of a results file."""
+  """Machine, device, date, versions, XLA flags and CPU dispatch mode, for a results header."""
   device = jax.devices()[0]
   return {
       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -159,5 +159,7 @@ def environment() -> dict:
       "device": describe_device(device),
       "device_count": jax.device_count(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      # training.cpu_runtime turns it off at import; benchmarks.run --cpu-async-dispatch back on.
+      "jax_cpu_enable_async_dispatch": bool(jax.config.read("jax_cpu_enable_async_dispatch")),
       "versions": versions(),
   }
