@@ -22,6 +22,12 @@ assignment turns those back into its fast (Eigen) convolution, but not inside a 
 Written explicitly, the gradients are fast in both places. Values are the same up to float
 summation order. Other configurations fall back to ``lax.conv_general_dilated`` unchanged.
 
+On CPU the kernel gradient transposes its (large) image operand through a fusion barrier
+(:func:`moveaxis_stored`): otherwise XLA:CPU recomputes the BatchNorm/ReLU chain that
+produced the image inside the batch-minor layout change and emits that fusion as an untiled
+loop whose reads stride by a whole image, several times slower than transposing the stored
+activation.
+
 :func:`conv_transpose` is ``lax.conv_transpose`` (channels last, ``transpose_kernel=False``)
 in the same sub-pixel form: a DCGAN generator's 4x4 stride-2 transposed convolutions do a
 quarter of the multiply-adds (the DCGAN train step, batch 64: 88 vs 182 ms on a 2-core CPU).
@@ -137,12 +143,46 @@ def kernel_gradient(lhs, g_t, window, strides, padding, precision=None):
   dilated by the stride.
   """
   n = lhs.ndim - 2
-  lhs_t = jnp.moveaxis(lhs, (0, -1), (-1, 0))  # [C_in, *S, B]
+  lhs_t = moveaxis_stored(lhs, (0, -1), (-1, 0))  # [C_in, *S, B]
   dw = lax.conv_general_dilated(lhs_t, g_t.astype(lhs.dtype), (1,) * n, padding,
                                 rhs_dilation=strides, dimension_numbers=_channels_last(lhs.ndim),
                                 precision=precision)  # [C_in, >= *K, C_out]
   dw = dw[(slice(None), *(slice(0, k) for k in window), slice(None))]
   return jnp.moveaxis(dw, 0, -2)  # [*K, C_in, C_out]
+
+
+# Arrays from this size on are transposed through the barrier in :func:`moveaxis_stored`.
+STORED_MIN_BYTES = 4 << 20
+
+
+def moveaxis_stored(x: jax.Array, source, destination) -> jax.Array:
+  """``jnp.moveaxis(x, source, destination)`` read from ``x``'s buffer (a fusion barrier on CPU).
+
+  XLA:CPU fuses cheap elementwise producers into their consumers even when that duplicates
+  them. For the layout change in front of a kernel-gradient convolution (``[B, *S, C] ->
+  [C, *S, B]``) that means recomputing BatchNorm + ReLU inside a transpose, which XLA:CPU
+  then emits as an untiled loop reading one element per image row: 60-130 ms for a
+  128x32x32x64 activation against about 7 ms for transposing the stored one. Here the
+  transpose is the body of a ``lax.cond``, a boundary XLA does not fuse across
+  (``lax.optimization_barrier`` is removed before fusion on CPU, and an identity ``cond`` is
+  forwarded away by JAX). Both branches are the same transpose, so the value never depends
+  on the runtime predicate. ResNet-18 CIFAR train step, batch 128, 2-core CPU: about 1.85 s
+  -> 1.6 s (``benchmarks/RESULTS.md``).
+
+  Applied on CPU to arrays of at least ``STORED_MIN_BYTES`` (4 MiB). Below that the fused
+  transpose is cheap and the barrier costs more than it saves (SimpleCNN's second
+  convolution input, 2.7 MB: 12.2 vs 13.0 ms per step with it). On GPU and TPU it is a plain
+  ``jnp.moveaxis``: their transposes are tiled, and a conditional there would synchronise
+  with the host.
+  """
+  move = functools.partial(jnp.moveaxis, source=source, destination=destination)
+  if x.size * x.dtype.itemsize < STORED_MIN_BYTES:
+    return move(x)
+
+  def barrier(x):
+    return lax.cond(x.reshape(-1)[0] == 0, move, move, x)
+
+  return lax.platform_dependent(x, cpu=barrier, default=move)
 
 
 def lhs_dilated_conv(lhs: jax.Array, rhs: jax.Array, lhs_dilation: Sequence[int], padding,

@@ -157,3 +157,36 @@ def test_sub_pixel_form_is_staged_for_cpu_only():
              if "stablehlo.convolution" in line]
     assert len(convs) == count, (platform, convs)
     assert all(dilation in line for line in convs), (platform, convs)
+
+
+def test_moveaxis_stored_is_moveaxis():
+  # Below the threshold a plain transpose; from it on, on CPU, the same transpose inside an
+  # identity conditional (a fusion barrier): the values are the same either way.
+  for shape in ((2, 5, 5, 3), (8, 32, 32, 128)):
+    x = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float32)
+    fn = jax.jit(lambda x: ops.conv.moveaxis_stored(jnp.maximum(x, 0.25), (0, -1), (-1, 0)))
+    np.testing.assert_array_equal(fn(x), np.moveaxis(np.maximum(np.asarray(x), 0.25),
+                                                     (0, -1), (-1, 0)))
+    barrier = x.size * 4 >= ops.conv.STORED_MIN_BYTES
+    assert ("conditional(" in fn.lower(x).compile().as_text()) == barrier, shape
+
+
+def test_kernel_gradient_through_the_barrier_matches_lax_in_float64():
+  # A 4 MiB float64 image produced by an elementwise op (what XLA would otherwise fuse into
+  # the layout change): the kernel gradient takes the barrier and still equals lax's.
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(4, 64, 64, 32)))
+    w = jnp.asarray(rng.normal(size=(3, 3, 32, 8)))
+    assert x.size * x.dtype.itemsize >= ops.conv.STORED_MIN_BYTES
+
+    def grads(conv):
+      def f(w, x):
+        y = conv(jax.nn.relu(x * 1.5 - 0.2), w, (1, 1), "SAME", dimension_numbers=DN)
+        return jnp.sum(jnp.sin(y))
+      return jax.jit(jax.grad(f))
+
+    ours = grads(ops.conv_general_dilated)
+    assert "conditional(" in ours.lower(w, x).compile().as_text()
+    np.testing.assert_allclose(ours(w, x), grads(lax.conv_general_dilated)(w, x),
+                               rtol=1e-12, atol=1e-10)
