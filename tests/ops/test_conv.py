@@ -169,6 +169,11 @@ def test_moveaxis_stored_is_moveaxis():
                                                      (0, -1), (-1, 0)))
     barrier = x.size * 4 >= ops.conv.STORED_MIN_BYTES
     assert ("conditional(" in fn.lower(x).compile().as_text()) == barrier, shape
+  # GPU/TPU (lowered without the device): the plain transpose, no runtime predicate.
+  traced = fn.trace(x)
+  for platform, predicate in (("cpu", True), ("cuda", False), ("tpu", False)):
+    text = traced.lower(lowering_platforms=(platform,)).as_text()
+    assert ("stablehlo.compare" in text) == predicate, platform
 
 
 def test_kernel_gradient_through_the_barrier_matches_lax_in_float64():
