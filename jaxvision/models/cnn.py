@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxvision.models.layers import Conv, ConvMaxPool
-from jaxvision.ops.pooling import check_image_batch, max_pool
+from jaxvision.ops.pooling import check_image_batch, global_average_pool, max_pool
 
 Dtype = Any
 ModuleDef = Any
@@ -241,7 +241,7 @@ class ResNet(nn.Module):
         strides = (2, 2) if i > 0 and j == 0 else (1, 1)
         x = self.block_cls(self.num_filters * 2 ** i, strides=strides, conv=conv, norm=norm)(x)
       out[f"stage_{i + 1}"] = x
-    x = jnp.mean(x, axis=(1, 2))
+    x = global_average_pool(x)
     out["pre_logits"] = x.astype(jnp.float32)
     logits = nn.Dense(self.num_classes, dtype=self.dtype)(x)
     return logits.astype(jnp.float32), out

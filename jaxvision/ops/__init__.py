@@ -1,7 +1,8 @@
 """jaxvision.ops: static-shape detection ops in pure ``jnp`` (no Flax), ``conv_general_dilated``
 (a convolution whose gradients stay fast inside loops on XLA:CPU), ``conv_transpose`` (a
 transposed convolution in sub-pixel form, without the dilated zeros; see ``ops.conv``), and
-``max_pool``/``conv_max_pool`` (max pooling with cheap gradients; see ``ops.pooling``).
+``max_pool``/``conv_max_pool`` (max pooling with cheap gradients) and ``global_average_pool``
+(see ``ops.pooling``).
 
 Boxes are ``xyxy`` in pixels unless a name says otherwise. Every op keeps shapes static
 (padded arrays plus masks or counts) and works under ``jax.jit`` and ``jax.vmap``.
@@ -27,7 +28,7 @@ from jaxvision.ops.matcher import match
 from jaxvision.ops.matcher import match_boxes
 from jaxvision.ops.nms import batched_nms
 from jaxvision.ops.nms import nms
-from jaxvision.ops.pooling import conv_max_pool, max_pool
+from jaxvision.ops.pooling import conv_max_pool, global_average_pool, max_pool
 from jaxvision.ops.roi_align import assign_fpn_levels
 from jaxvision.ops.roi_align import multilevel_roi_align
 from jaxvision.ops.roi_align import roi_align
@@ -52,6 +53,7 @@ __all__ = [
     "encode_boxes",
     "generalized_box_iou",
     "generate_anchors",
+    "global_average_pool",
     "match",
     "match_boxes",
     "max_pool",

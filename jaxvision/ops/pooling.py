@@ -22,6 +22,10 @@ than the map), instead of being transposed from the full map. A model adds its b
 pool (exact: a per-channel constant commutes with the maximum), so the full-size map is never
 touched by a bias add or its gradient either.
 
+``global_average_pool`` is the mean over the spatial axes, written on CPU as a
+matrix-vector product so that XLA:CPU keeps the convolutions in front of it out of a
+YNNPACK reduction fusion (see there).
+
 Shapes: images ``[B, H, W, C]`` (channels last), kernels ``[kh, kw, C_in, C_out]``.
 """
 
@@ -251,6 +255,35 @@ def _conv_max_pool_bwd(pads, window_shape, precision, residuals, g):
 
 
 _conv_max_pool.defvjp(_conv_max_pool_fwd, _conv_max_pool_bwd)
+
+
+def global_average_pool(x: jax.Array) -> jax.Array:
+  """Mean of ``x [B, *S, C]`` over its spatial axes ``S``: ``[B, C]``, in ``x``'s dtype.
+
+  ``jnp.mean(x, axis=S)`` up to float summation order. On CPU it is computed as a
+  matrix-vector product with weights ``1 / prod(S)`` (float32 accumulation, full precision),
+  because XLA:CPU (jaxlib 0.10) hands a reduction to YNNPACK together with the chain that
+  produces it: in ResNet-18 CIFAR's eval step that fusion took the 7 convolutions of stages
+  3-4 into one YNNPACK call of 222 ms (of a 547 ms step), slower than XLA's own convolutions.
+  As a dot it stays a single YNNPACK dot: eval step 451-477 vs 510-522 ms, train step
+  1555 vs 1612 ms (batch 128, 2-core CPU, same-process A/B; ``benchmarks/RESULTS.md``).
+  Elsewhere it is ``jnp.mean`` itself.
+  """
+  if x.ndim < 3:
+    raise ValueError(f"global_average_pool expects [batch, *spatial, channels]; "
+                     f"found shape {x.shape}")
+  spatial = tuple(range(1, x.ndim - 1))
+
+  def as_dot(x):
+    batch, channels = x.shape[0], x.shape[-1]
+    count = x.size // (batch * channels)
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    weights = jnp.full((count,), 1.0 / count, acc)
+    out = lax.dot_general(x.reshape(batch, count, channels).astype(acc), weights,
+                          (((1,), (0,)), ((), ())), precision=lax.Precision.HIGHEST)
+    return out.astype(x.dtype)
+
+  return lax.platform_dependent(x, cpu=as_dot, default=lambda x: jnp.mean(x, axis=spatial))
 
 
 def check_image_batch(x, name: str):

@@ -116,3 +116,33 @@ def test_conv_max_pool_rejects_bad_inputs():
     ops.conv_max_pool(x, w, "VALID", (7, 2))
   with pytest.raises(ValueError, match="int8"):
     pool_with_argmax(jnp.zeros((1, 16, 16, 1)), (16, 16))
+
+
+def test_global_average_pool_is_the_spatial_mean():
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(3)
+    for shape in ((3, 5, 7, 4), (2, 6, 3)):
+      x = rng.normal(size=shape)
+      spatial = tuple(range(1, len(shape) - 1))
+      out = jax.jit(ops.global_average_pool)(jnp.asarray(x))
+      np.testing.assert_allclose(out, x.mean(axis=spatial), rtol=1e-13, atol=1e-15)
+      # Its gradient is the cotangent spread evenly over the positions.
+      g = jax.grad(lambda x: jnp.sum(ops.global_average_pool(x) * jnp.arange(shape[-1])))(
+          jnp.asarray(x))
+      np.testing.assert_allclose(g, np.broadcast_to(np.arange(shape[-1]) / np.prod(
+          [shape[a] for a in spatial]), shape), rtol=1e-13)
+  x = jnp.asarray(np.random.default_rng(4).normal(size=(2, 7, 7, 8)), jnp.bfloat16)
+  out = ops.global_average_pool(x)
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(out, np.float32),
+                             np.asarray(x, np.float32).mean(axis=(1, 2)), rtol=1e-2, atol=1e-2)
+  with pytest.raises(ValueError, match=r"\[batch, \*spatial, channels\]; found shape \(2, 8\)"):
+    ops.global_average_pool(jnp.zeros((2, 8)))
+
+
+def test_global_average_pool_is_a_dot_on_cpu_only():
+  traced = jax.jit(ops.global_average_pool).trace(jnp.zeros((2, 4, 4, 8)))
+  for platform, dot in (("cpu", True), ("cuda", False), ("tpu", False)):
+    text = traced.lower(lowering_platforms=(platform,)).as_text()
+    assert ("stablehlo.dot_general" in text) == dot, platform
+    assert ("stablehlo.reduce" in text) == (not dot), platform
