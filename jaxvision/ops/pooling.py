@@ -32,6 +32,7 @@ Shapes: images ``[B, H, W, C]`` (channels last), kernels ``[kh, kw, C_in, C_out]
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import jax
@@ -269,19 +270,19 @@ def global_average_pool(x: jax.Array) -> jax.Array:
   1555 vs 1612 ms (batch 128, 2-core CPU, same-process A/B; ``benchmarks/RESULTS.md``).
   Elsewhere it is ``jnp.mean`` itself.
   """
-  if x.ndim < 3:
-    raise ValueError(f"global_average_pool expects [batch, *spatial, channels]; "
-                     f"found shape {x.shape}")
+  if x.ndim < 3 or 0 in x.shape[1:-1]:
+    raise ValueError(f"global_average_pool expects [batch, *spatial, channels] with non-empty "
+                     f"spatial axes; found shape {x.shape}")
   spatial = tuple(range(1, x.ndim - 1))
+  count = math.prod(x.shape[1:-1])
+  acc = jnp.promote_types(x.dtype, jnp.float32)
+  out_dtype = x.dtype if jnp.issubdtype(x.dtype, jnp.floating) else acc  # as jnp.mean
 
   def as_dot(x):
-    batch, channels = x.shape[0], x.shape[-1]
-    count = x.size // (batch * channels)
-    acc = jnp.promote_types(x.dtype, jnp.float32)
     weights = jnp.full((count,), 1.0 / count, acc)
-    out = lax.dot_general(x.reshape(batch, count, channels).astype(acc), weights,
+    out = lax.dot_general(x.reshape(x.shape[0], count, x.shape[-1]).astype(acc), weights,
                           (((1,), (0,)), ((), ())), precision=lax.Precision.HIGHEST)
-    return out.astype(x.dtype)
+    return out.astype(out_dtype)
 
   return lax.platform_dependent(x, cpu=as_dot, default=lambda x: jnp.mean(x, axis=spatial))
 

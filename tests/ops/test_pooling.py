@@ -5,6 +5,8 @@ differentiated through ``select_and_scatter``) in float64, and a NumPy loop for 
 positions; ``layers.ConvMaxPool`` against ``nn.Conv`` followed by ``nn.max_pool``.
 """
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -136,8 +138,13 @@ def test_global_average_pool_is_the_spatial_mean():
   assert out.dtype == jnp.bfloat16
   np.testing.assert_allclose(np.asarray(out, np.float32),
                              np.asarray(x, np.float32).mean(axis=(1, 2)), rtol=1e-2, atol=1e-2)
-  with pytest.raises(ValueError, match=r"\[batch, \*spatial, channels\]; found shape \(2, 8\)"):
-    ops.global_average_pool(jnp.zeros((2, 8)))
+  for shape in ((2, 8), (2, 0, 4, 8)):
+    with pytest.raises(ValueError, match=rf"\[batch, \*spatial, channels\] with non-empty "
+                                         rf"spatial axes; found shape {re.escape(str(shape))}"):
+      ops.global_average_pool(jnp.zeros(shape))
+  ints = ops.global_average_pool(jnp.arange(2 * 3 * 2).reshape(2, 3, 2))
+  assert ints.dtype == jnp.float32  # as jnp.mean of integers
+  np.testing.assert_allclose(ints, np.arange(12).reshape(2, 3, 2).mean(axis=1), rtol=1e-6)
 
 
 def test_global_average_pool_is_a_dot_on_cpu_only():
