@@ -1,6 +1,7 @@
 """CNN classifiers: shapes, parameter counts, and outputs against Keras with the same weights."""
 
 import os
+import re
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from jaxvision import models
+from jaxvision.training import compiler, sharding
 
 
 def _init(model, shape, seed=0):
@@ -155,9 +157,6 @@ def test_resnet_eval_keeps_convolutions_out_of_ynn_fusions():
   # XLA:CPU hands a reduction to YNNPACK together with the chain feeding it; a spatial-mean
   # reduction after the last stage took 7 of ResNet-18's convolutions into one slow YNNPACK
   # fusion. ops.global_average_pool avoids that (a dot); this checks the compiled program.
-  import re
-
-  from jaxvision.training import compiler, sharding
   model = models.ResNet18(num_classes=10, stem="cifar")
   x = jnp.zeros((8, 32, 32, 3))
   variables = _init(model, x.shape)
