@@ -96,16 +96,20 @@ class JaxGANRunner:
     self.state = gan_trainer.create_state(cfg, generator, discriminator, IMAGE_SHAPE, 10_000,
                                           mesh)
     self.params = (_num_params(self.state.g_params), _num_params(self.state.d_params))
-    step = steps_lib.jit_train_step(
-        gan_lib.make_gan_step(generator, discriminator, loss=cfg.loss,
-                              ema_decay=cfg.ema_decay, fake_labels=cfg.fake_labels), mesh)
+    def make_step():
+      return steps_lib.jit_train_step(
+          gan_lib.make_gan_step(generator, discriminator, loss=cfg.loss,
+                                ema_decay=cfg.ema_decay, fake_labels=cfg.fake_labels), mesh)
+
     host_batch = {"image": self.images, "label": np.zeros(len(self.images), np.int32)}
     self.batch = sharding.shard_batch(host_batch, mesh)
-    self.compiled, compile_s = loop.compile_step(step, self.state, host_batch, mesh)
+    self.compiled, compile_s = loop.compile_step(make_step(), self.state, host_batch, mesh)
     self.device = timing.describe_device(mesh.devices.flat[0])
     for _ in range(WARMUP):
       self.run(1)
-    return {"compile_s": compile_s, "flops_per_step": timing.cost_flops(self.compiled)}
+    flops = timing.xla_cost_flops(self.compiled,
+                                  lambda: make_step().lower(self.state, self.batch))
+    return {"compile_s": compile_s, "flops_per_step": flops}
 
   def run(self, k: int) -> float:
     def go():

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvision.ops import onednn
+
 
 def summarize(seconds_per_step: Sequence[float]) -> dict:
   """Median, quartiles and range (milliseconds) of per-step times from repeated runs."""
@@ -62,6 +64,19 @@ def cost_flops(compiled) -> float | None:
   if flops is None or not math.isfinite(float(flops)) or float(flops) <= 0:
     return None
   return float(flops)
+
+
+def xla_cost_flops(compiled, lower) -> float | None:
+  """:func:`cost_flops` of ``compiled``, counting convolutions that run on oneDNN.
+
+  XLA's cost analysis does not look into custom calls, so where ``ops.onednn`` is active
+  the same step is traced again with XLA's convolutions (``lower()`` must return a fresh
+  ``jax.stages.Lowered`` of it) and that program's FLOPs are returned.
+  """
+  if not onednn.active():
+    return cost_flops(compiled)
+  with onednn.disabled():
+    return cost_flops(lower().compile())
 
 
 def compiled_memory(compiled) -> dict | None:
@@ -161,5 +176,8 @@ def environment() -> dict:
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       # training.cpu_runtime turns it off at import; benchmarks.run --cpu-async-dispatch back on.
       "jax_cpu_enable_async_dispatch": bool(jax.config.read("jax_cpu_enable_async_dispatch")),
+      # ops.onednn: whether CPU convolutions run on oneDNN, and why not where they do not.
+      "onednn_convolutions": onednn.active(),
+      "onednn_unavailable": onednn.unavailable_reason(),
       "versions": versions(),
   }

@@ -2,7 +2,8 @@
 (a convolution whose gradients stay fast inside loops on XLA:CPU), ``conv_transpose`` (a
 transposed convolution in sub-pixel form, without the dilated zeros; see ``ops.conv``), and
 ``max_pool``/``conv_max_pool`` (max pooling with cheap gradients) and ``global_average_pool``
-(see ``ops.pooling``).
+(see ``ops.pooling``). On CPU, ``ops.conv``'s 2-D float32 convolutions run on oneDNN
+through XLA FFI where it is available (``ops.onednn``).
 
 Boxes are ``xyxy`` in pixels unless a name says otherwise. Every op keeps shapes static
 (padded arrays plus masks or counts) and works under ``jax.jit`` and ``jax.vmap``.

@@ -43,6 +43,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxvision.ops import onednn
+
 
 def _channels_last(ndim: int) -> lax.ConvDimensionNumbers:
   spatial = tuple(range(1, ndim - 1))
@@ -88,10 +90,20 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
 
 
 def _forward(lhs, rhs, strides, padding, precision, preferred_element_type):
-  return lax.conv_general_dilated(lhs, rhs, strides, padding,
-                                  dimension_numbers=_channels_last(lhs.ndim),
-                                  precision=precision,
-                                  preferred_element_type=preferred_element_type)
+  def xla(lhs, rhs):
+    return lax.conv_general_dilated(lhs, rhs, strides, padding,
+                                    dimension_numbers=_channels_last(lhs.ndim),
+                                    precision=precision,
+                                    preferred_element_type=preferred_element_type)
+
+  if _use_onednn(lhs, rhs) and preferred_element_type in (None, jnp.float32):
+    cpu = functools.partial(onednn.forward, strides=strides, padding=padding)
+    return lax.platform_dependent(lhs, rhs, cpu=cpu, default=xla)
+  return xla(lhs, rhs)
+
+
+def _use_onednn(lhs, rhs) -> bool:
+  return onednn.supports(lhs, rhs) and onednn.active()
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
@@ -108,8 +120,23 @@ def _conv_bwd(strides, padding, precision, preferred_element_type, residuals, g)
   del preferred_element_type  # Gradients come back in the operands' dtypes.
   lhs, rhs = residuals
   g = g.astype(lhs.dtype)
-  dx = input_gradient(g, rhs, lhs.shape[1:-1], strides, padding, precision)
-  dw = kernel_gradient(lhs, jnp.moveaxis(g, 0, -2), rhs.shape[:-2], strides, padding, precision)
+  in_size, window = lhs.shape[1:-1], rhs.shape[:-2]
+
+  def xla_dx(g, rhs):
+    return input_gradient(g, rhs, in_size, strides, padding, precision)
+
+  def xla_dw(lhs, g):
+    return kernel_gradient(lhs, jnp.moveaxis(g, 0, -2), window, strides, padding, precision)
+
+  if _use_onednn(lhs, rhs):
+    cpu_dx = functools.partial(onednn.backward_data, in_size=in_size, strides=strides,
+                               padding=padding)
+    cpu_dw = functools.partial(onednn.backward_weights, window=window, strides=strides,
+                               padding=padding)
+    dx = lax.platform_dependent(g, rhs, cpu=cpu_dx, default=xla_dx)
+    dw = lax.platform_dependent(lhs, g, cpu=cpu_dw, default=xla_dw)
+  else:
+    dx, dw = xla_dx(g, rhs), xla_dw(lhs, g)
   return dx.astype(lhs.dtype), dw.astype(rhs.dtype)
 
 

@@ -10,12 +10,15 @@ Batch format: ``{'image': float [B, H, W, C], 'label': int32 [B]}`` plus, for ev
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
 
 from jaxvision import losses
 from jaxvision.metrics import classification as cls_metrics
+from jaxvision.ops import onednn
 from jaxvision.training.compiler import step_compiler_options
 from jaxvision.training.sharding import batch_sharding, replicated
 
@@ -122,14 +125,33 @@ def make_epoch_step(train_step, *, batch_size: int):
   return epoch_step
 
 
+def _traced_for(step, mesh):
+  """``step``, traced with XLA's convolutions when ``mesh`` has several devices.
+
+  ``ops.onednn``'s convolutions are custom calls, which XLA's SPMD partitioner cannot split
+  over a batch-sharded mesh (it would gather the whole batch onto every device).
+  """
+  if mesh.devices.size == 1:
+    return step
+
+  @functools.wraps(step)
+  def traced_with_xla_convolutions(*args, **kwargs):
+    with onednn.disabled():
+      return step(*args, **kwargs)
+
+  return traced_with_xla_convolutions
+
+
 def jit_train_step(train_step, mesh):
   """``jax.jit`` of ``train_step`` over ``mesh``: batch sharded, state replicated and donated."""
-  return jax.jit(train_step, in_shardings=(replicated(mesh), batch_sharding(mesh)),
+  return jax.jit(_traced_for(train_step, mesh),
+                 in_shardings=(replicated(mesh), batch_sharding(mesh)),
                  out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,),
                  compiler_options=step_compiler_options(mesh))
 
 
 def jit_eval_step(eval_step, mesh):
   """``jax.jit`` of an eval/predict step over ``mesh`` (nothing donated)."""
-  return jax.jit(eval_step, in_shardings=(replicated(mesh), batch_sharding(mesh)),
+  return jax.jit(_traced_for(eval_step, mesh),
+                 in_shardings=(replicated(mesh), batch_sharding(mesh)),
                  out_shardings=replicated(mesh), compiler_options=step_compiler_options(mesh))

@@ -148,8 +148,10 @@ def test_conv_transpose_layer_is_flax_conv_transpose():
 def test_sub_pixel_form_is_staged_for_cpu_only():
   # CPU: one stride-1 convolution per output phase, none over dilated zeros; GPU/TPU: the
   # dilated convolution as lax writes it (lowered without the device, as for export).
+  # Traced with XLA's convolutions (float32 on CPU would otherwise go to ops.onednn).
   x, w = jnp.ones((2, 7, 7, 3)), jnp.ones((4, 4, 3, 4))
-  traced = jax.jit(lambda x, w: ops.conv_transpose(x, w, (2, 2), "SAME")).trace(x, w)
+  with ops.onednn.disabled():
+    traced = jax.jit(lambda x, w: ops.conv_transpose(x, w, (2, 2), "SAME")).trace(x, w)
   for platform, count, dilation in (("cpu", 4, "lhs_dilate = [1, 1]"),
                                     ("cuda", 1, "lhs_dilate = [2, 2]"),
                                     ("tpu", 1, "lhs_dilate = [2, 2]")):

@@ -1,0 +1,245 @@
+"""2-D float32 convolutions on oneDNN for XLA:CPU, called through XLA FFI.
+
+XLA:CPU runs convolutions with Eigen's spatial convolution. On the 2-core AVX-512 machine of
+``benchmarks/RESULTS.md`` those run 20-30% slower than oneDNN's (the library TensorFlow and
+PyTorch use on CPU) on ResNet-18's shapes, and the kernel gradient also needs its image in
+a batch-minor layout (see ``ops.conv``). XLA in jaxlib 0.10 has its own oneDNN convolution
+rewrite compiled out, so this module calls oneDNN itself: ``onednn_conv.cc`` defines three
+XLA FFI handlers (forward, input gradient, kernel gradient) for NHWC activations and HWIO
+kernels, with no layout change of the activations on either side.
+
+oneDNN comes from PyPI's ``onednn-cpu-gomp`` (the library, GNU OpenMP threading) and
+``onednn-devel-cpu-gomp`` (its headers), both dependencies on Linux x86-64. The handlers are
+compiled on first use with the system C++ compiler (``$CXX``, else ``c++``; about 5 s)
+into ``$JAXVISION_CACHE_DIR`` (default ``~/.cache/jaxvision``), keyed by the source, the
+jaxlib version and the oneDNN and compiler paths, under a file lock so parallel processes
+build once. When oneDNN, its headers or a compiler is missing, or the build fails, a
+warning says why and ``ops.conv`` keeps XLA's convolutions.
+
+:func:`active` decides, when a convolution is traced, whether ``ops.conv`` uses these
+handlers: oneDNN is available, ``JAXVISION_ONEDNN`` is not 0/false/no, no :func:`disabled`
+block is open, and JAX's default backend is CPU in a single process. The decision is part
+of the trace: a function jitted before the switch changes keeps its first form. XLA's SPMD
+partitioner cannot split a custom call: on a mesh of several CPU devices it gathers the
+operands onto every device (correct, but each device then does the whole batch's work), so
+the library's step builders (``training.steps.jit_train_step``/``jit_eval_step``) trace
+steps for multi-device meshes inside :func:`disabled`.
+
+Values equal ``lax.conv_general_dilated`` and its gradients up to float summation order
+(``tests/ops/test_onednn.py`` compares with NumPy in float64).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import fcntl
+import functools
+import hashlib
+import importlib.metadata
+import logging
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ENV_SWITCH = "JAXVISION_ONEDNN"
+CACHE_ENV = "JAXVISION_CACHE_DIR"
+SOURCE = pathlib.Path(__file__).with_name("onednn_conv.cc")
+TARGETS = {"forward": "JvConvForward", "backward_data": "JvConvBackwardData",
+           "backward_weights": "JvConvBackwardWeights"}
+_ABI_VERSION = 1  # JvConvVersion() in onednn_conv.cc
+_BUILD_TIMEOUT_S = 600
+
+_log = logging.getLogger(__name__)
+_state = threading.local()
+
+
+class UnavailableError(RuntimeError):
+  """oneDNN convolutions cannot be used here (the message says why)."""
+
+
+def enabled_by_env() -> bool:
+  """False when ``JAXVISION_ONEDNN`` is 0/false/no."""
+  return os.environ.get(ENV_SWITCH, "1").lower() not in ("0", "false", "no")
+
+
+@contextlib.contextmanager
+def disabled():
+  """Within this block (this thread), convolutions are traced with XLA's kernels.
+
+  Used, for one, to count a step's FLOPs with XLA's cost analysis, which does not see into
+  custom calls. Only traces made inside the block are affected.
+  """
+  previous = getattr(_state, "disabled", False)
+  _state.disabled = True
+  try:
+    yield
+  finally:
+    _state.disabled = previous
+
+
+def _distribution_file(dist: str, suffix: str) -> pathlib.Path:
+  try:
+    files = importlib.metadata.distribution(dist).files or []
+  except importlib.metadata.PackageNotFoundError:
+    raise UnavailableError(f"the {dist!r} package is not installed "
+                           "(pip install onednn-cpu-gomp onednn-devel-cpu-gomp)") from None
+  for f in files:
+    path = pathlib.Path(f.locate()).resolve()  # RECORD paths may be relative ("../../lib").
+    if path.as_posix().endswith("/" + suffix):
+      return path
+  raise UnavailableError(f"{dist!r} is installed but has no file ending in {suffix!r}")
+
+
+def _cache_dir() -> pathlib.Path:
+  root = os.environ.get(CACHE_ENV) or os.path.join(
+      os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "jaxvision")
+  return pathlib.Path(root)
+
+
+def _build() -> pathlib.Path:
+  """Compiles ``onednn_conv.cc`` (once per source/jaxlib/oneDNN/compiler) and returns it."""
+  if not SOURCE.is_file():
+    raise UnavailableError(f"source {SOURCE} is missing from the installed package")
+  library = _distribution_file("onednn-cpu-gomp", "lib/libdnnl.so.3")
+  header = _distribution_file("onednn-devel-cpu-gomp", "include/oneapi/dnnl/dnnl.hpp")
+  include = header.parents[2]
+  compiler = shutil.which(os.environ.get("CXX", "c++"))
+  if compiler is None:
+    raise UnavailableError(f"no C++ compiler found (CXX={os.environ.get('CXX', 'c++')!r})")
+  ffi_include = jax.ffi.include_dir()
+  key = hashlib.sha256()
+  for part in (SOURCE.read_bytes(), jax.__version__.encode(), importlib.metadata.version("jaxlib").encode(),
+               str(library).encode(), str(include).encode(), ffi_include.encode(),
+               compiler.encode()):
+    key.update(part)
+    key.update(b"\0")
+  out_dir = _cache_dir() / f"onednn-{key.hexdigest()[:16]}"
+  target = out_dir / "libjvconv.so"
+  if target.is_file():
+    return target
+  out_dir.mkdir(parents=True, exist_ok=True)
+  with open(out_dir / "build.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)  # Another process may be building the same file.
+    if target.is_file():
+      return target
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+    os.close(fd)
+    cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{ffi_include}",
+           f"-I{include}", str(SOURCE), "-o", tmp, f"-L{library.parent}",
+           f"-l:{library.name}", f"-Wl,-rpath,{library.parent}"]
+    try:
+      done = subprocess.run(cmd, capture_output=True, text=True, timeout=_BUILD_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as e:
+      os.unlink(tmp)
+      raise UnavailableError(f"building {SOURCE.name} failed: {e}") from None
+    if done.returncode != 0:
+      os.unlink(tmp)
+      raise UnavailableError(f"building {SOURCE.name} failed ({' '.join(cmd)}):\n"
+                             f"{done.stderr[-4000:]}")
+    os.replace(tmp, target)  # Atomic: readers see the whole library or none.
+  return target
+
+
+@functools.lru_cache(maxsize=None)
+def _load() -> tuple[ctypes.CDLL | None, str | None]:
+  """(library, None) once built, loaded and registered with XLA; (None, reason) otherwise."""
+  try:
+    path = _build()
+    lib = ctypes.CDLL(str(path))
+    lib.JvConvVersion.restype = ctypes.c_int64
+    if lib.JvConvVersion() != _ABI_VERSION:
+      raise UnavailableError(f"{path} reports ABI {lib.JvConvVersion()}, "
+                             f"expected {_ABI_VERSION}")
+    for symbol in TARGETS.values():
+      jax.ffi.register_ffi_target(symbol, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                  platform="cpu")
+  except (UnavailableError, OSError, AttributeError) as e:
+    reason = str(e)
+    _log.warning("oneDNN convolutions unavailable, using XLA's: %s", reason)
+    return None, reason
+  return lib, None
+
+
+def available() -> bool:
+  """Whether the handlers are built and registered (builds them on the first call)."""
+  return enabled_by_env() and _load()[0] is not None
+
+
+def unavailable_reason() -> str | None:
+  """Why :func:`available` is False (None when it is True)."""
+  if not enabled_by_env():
+    return f"{ENV_SWITCH}={os.environ[ENV_SWITCH]}"
+  return _load()[1]
+
+
+def active() -> bool:
+  """Whether convolutions traced now go to oneDNN (see the module docstring)."""
+  if getattr(_state, "disabled", False) or not enabled_by_env():
+    return False
+  if jax.default_backend() != "cpu" or jax.process_count() != 1:
+    return False
+  return available()
+
+
+def supports(lhs: jax.Array, rhs: jax.Array) -> bool:
+  """Whether a channels-last convolution of ``lhs`` with ``rhs`` fits the handlers."""
+  return (lhs.ndim == 4 and rhs.ndim == 4 and lhs.dtype == jnp.float32
+          and rhs.dtype == jnp.float32)
+
+
+def _attrs(strides, padding) -> dict:
+  return dict(strides=np.asarray(strides, np.int64),
+              pad_lo=np.asarray([lo for lo, _ in padding], np.int64),
+              pad_hi=np.asarray([hi for _, hi in padding], np.int64))
+
+
+def _call(target: str, shape, operands, strides, padding):
+  if not available():
+    raise UnavailableError(f"oneDNN convolutions are unavailable: {unavailable_reason()}")
+  out = jax.ShapeDtypeStruct(tuple(int(d) for d in shape), jnp.float32)
+  return jax.ffi.ffi_call(TARGETS[target], out, vmap_method="sequential")(
+      *operands, **_attrs(strides, padding))
+
+
+def _check(lhs_shape, rhs_shape, name: str):
+  if len(lhs_shape) != 4 or len(rhs_shape) != 4 or lhs_shape[-1] != rhs_shape[-2]:
+    raise ValueError(f"{name}: expected x [B, H, W, C_in] and w [kh, kw, C_in, C_out]; "
+                     f"found {tuple(lhs_shape)} and {tuple(rhs_shape)}")
+
+
+def output_size(in_size, window, strides, padding) -> tuple[int, ...]:
+  """Spatial output size of a convolution (floor, as XLA and oneDNN)."""
+  return tuple((h + lo + hi - k) // s + 1
+               for h, k, s, (lo, hi) in zip(in_size, window, strides, padding))
+
+
+def forward(x: jax.Array, w: jax.Array, strides, padding) -> jax.Array:
+  """``x [B, H, W, C_in]`` correlated with ``w [kh, kw, C_in, C_out]`` -> ``[B, Ho, Wo, C_out]``.
+
+  ``padding``: explicit ``(lo, hi)`` pairs; float32 only (see :func:`supports`).
+  """
+  _check(x.shape, w.shape, "forward")
+  out = output_size(x.shape[1:3], w.shape[:2], strides, padding)
+  return _call("forward", (x.shape[0], *out, w.shape[3]), (x, w), strides, padding)
+
+
+def backward_data(dy: jax.Array, w: jax.Array, in_size, strides, padding) -> jax.Array:
+  """Input gradient ``[B, *in_size, C_in]`` of :func:`forward` from ``dy [B, Ho, Wo, C_out]``."""
+  _check((dy.shape[0], *in_size, w.shape[2]), w.shape, "backward_data")
+  return _call("backward_data", (dy.shape[0], *in_size, w.shape[2]), (dy, w), strides,
+               padding)
+
+
+def backward_weights(x: jax.Array, dy: jax.Array, window, strides, padding) -> jax.Array:
+  """Kernel gradient ``[*window, C_in, C_out]`` of :func:`forward` from ``x`` and ``dy``."""
+  _check(x.shape, (*window, x.shape[3], dy.shape[3]), "backward_weights")
+  return _call("backward_weights", (*window, x.shape[3], dy.shape[3]), (x, dy), strides,
+               padding)
