@@ -28,6 +28,11 @@ produced the image inside the batch-minor layout change and emits that fusion as
 loop whose reads stride by a whole image, several times slower than transposing the stored
 activation.
 
+On a CPU backend, 2-D float32 convolutions of this form run on oneDNN instead (forward,
+input gradient and kernel gradient as XLA FFI custom calls, see :mod:`jaxvision.ops.onednn`),
+where it is available and active when the convolution is traced; everything above is then
+the path for other dtypes, other ranks, other platforms and multi-device steps.
+
 :func:`conv_transpose` is ``lax.conv_transpose`` (channels last, ``transpose_kernel=False``)
 in the same sub-pixel form: a DCGAN generator's 4x4 stride-2 transposed convolutions do a
 quarter of the multiply-adds (the DCGAN train step, batch 64: 88 vs 182 ms on a 2-core CPU).
