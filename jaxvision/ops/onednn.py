@@ -85,6 +85,17 @@ def disabled():
     _state.disabled = previous
 
 
+def with_xla_convolutions(fn):
+  """``fn`` that runs (and so is traced) inside :func:`disabled`."""
+
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with disabled():
+      return fn(*args, **kwargs)
+
+  return wrapped
+
+
 def _distribution_file(dist: str, suffix: str) -> pathlib.Path:
   try:
     files = importlib.metadata.distribution(dist).files or []

@@ -10,8 +10,6 @@ Batch format: ``{'image': float [B, H, W, C], 'label': int32 [B]}`` plus, for ev
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -131,15 +129,7 @@ def _traced_for(step, mesh):
   ``ops.onednn``'s convolutions are custom calls, which XLA's SPMD partitioner cannot split
   over a batch-sharded mesh (it would gather the whole batch onto every device).
   """
-  if mesh.devices.size == 1:
-    return step
-
-  @functools.wraps(step)
-  def traced_with_xla_convolutions(*args, **kwargs):
-    with onednn.disabled():
-      return step(*args, **kwargs)
-
-  return traced_with_xla_convolutions
+  return step if mesh.devices.size == 1 else onednn.with_xla_convolutions(step)
 
 
 def jit_train_step(train_step, mesh):
