@@ -23,7 +23,8 @@ of the trace: a function jitted before the switch changes keeps its first form. 
 partitioner cannot split a custom call: on a mesh of several CPU devices it gathers the
 operands onto every device (correct, but each device then does the whole batch's work), so
 the library's step builders (``training.steps.jit_train_step``/``jit_eval_step``) trace
-steps for multi-device meshes inside :func:`disabled`.
+steps for multi-device meshes inside :func:`disabled` (:func:`with_xla_convolutions`). The
+GAN step and sampler (``training.gan``) always do: DCGAN's step was measured slower here.
 
 Values equal ``lax.conv_general_dilated`` and its gradients up to float summation order
 (``tests/ops/test_onednn.py`` compares with NumPy in float64).
@@ -159,9 +160,23 @@ def _build() -> pathlib.Path:
   return target
 
 
-@functools.lru_cache(maxsize=None)
+_load_lock = threading.Lock()
+_loaded: tuple[ctypes.CDLL | None, str | None] | None = None
+
+
 def _load() -> tuple[ctypes.CDLL | None, str | None]:
-  """(library, None) once built, loaded and registered with XLA; (None, reason) otherwise."""
+  """(library, None) once built, loaded and registered with XLA; (None, reason) otherwise.
+
+  Runs once per process (under a lock: traces on several threads register the targets once).
+  """
+  global _loaded
+  with _load_lock:
+    if _loaded is None:
+      _loaded = _build_and_register()
+    return _loaded
+
+
+def _build_and_register() -> tuple[ctypes.CDLL | None, str | None]:
   try:
     path = _build()
     lib = ctypes.CDLL(str(path))

@@ -14,6 +14,7 @@
 // gets its own scratchpad (user scratchpad mode), so concurrent calls from XLA's threads do
 // not share state.
 #include <cstdint>
+#include <exception>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -179,7 +180,7 @@ ffi::Error Run(Kind kind, Geometry g, float* x, float* w, float* y) {
       }
     }
     s.wait();
-  } catch (const dnnl::error& err) {
+  } catch (const std::exception& err) {  // dnnl::error, std::bad_alloc, ...
     return ffi::Error(ffi::ErrorCode::kInternal,
                       std::string("oneDNN convolution failed (") + err.what() + ") for " +
                           Describe(g));
