@@ -69,11 +69,12 @@ def cost_flops(compiled) -> float | None:
 def xla_cost_flops(compiled, lower) -> float | None:
   """:func:`cost_flops` of ``compiled``, counting convolutions that run on oneDNN.
 
-  XLA's cost analysis does not look into custom calls, so where ``ops.onednn`` is active
-  the same step is traced again with XLA's convolutions (``lower()`` must return a fresh
-  ``jax.stages.Lowered`` of it) and that program's FLOPs are returned.
+  XLA's cost analysis does not look into custom calls, so where ``compiled`` calls
+  ``ops.onednn``'s convolutions the same step is traced again with XLA's (``lower()`` must
+  return a fresh ``jax.stages.Lowered`` of it) and that program's FLOPs are returned.
   """
-  if not onednn.active():
+  text = compiled.as_text()
+  if not any(target in text for target in onednn.TARGETS.values()):
     return cost_flops(compiled)
   with onednn.disabled():
     return cost_flops(lower().compile())
