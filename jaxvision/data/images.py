@@ -68,3 +68,16 @@ def load_images(paths: Sequence[str | os.PathLike], *, image_shape: tuple[int, i
   if len(shapes) != 1:
     raise ValueError(f"pp {pp!r} produced images of different shapes {sorted(shapes)}")
   return np.stack(out)
+
+
+def preprocess_images(images: np.ndarray, *, pp: str) -> np.ndarray:
+  """Passes stored-format images ``[N, H, W, C]`` (uint8, as a dataset stores them) through
+  the evaluation spec ``pp``; returns float32 ``[N, H', W', C']``."""
+  images = np.asarray(images)
+  if images.ndim != 4 or images.shape[-1] not in (1, 3):
+    raise ValueError(f"expected images [N, H, W, C] with C in (1, 3); found shape "
+                     f"{images.shape}")
+  pp_fn = preprocess.parse(pp)
+  out = [tf.cast(preprocess.apply_eval(pp_fn, {"image": tf.constant(x)})["image"],
+                 tf.float32).numpy() for x in images]
+  return np.stack(out)

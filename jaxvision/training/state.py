@@ -21,7 +21,8 @@ class TrainState(train_state.TrainState):
   rng: jax.Array | None = None
 
 
-def create_train_state(model, tx, *, input_shape, rng, mesh=None, dtype=None) -> TrainState:
+def create_train_state(model, tx, *, input_shape, rng, mesh=None, dtype=None,
+                       abstract: bool = False) -> TrainState:
   """Initializes a replicated :class:`TrainState` for ``model``.
 
   Args:
@@ -41,6 +42,8 @@ def create_train_state(model, tx, *, input_shape, rng, mesh=None, dtype=None) ->
         apply_fn=model.apply, params=variables["params"], tx=tx,
         batch_stats=variables.get("batch_stats", {}), rng=state_rng)
 
-  if mesh is None:
-    return jax.jit(init)()
-  return jax.jit(init, out_shardings=replicated(mesh))()
+  out_sharding = None if mesh is None else replicated(mesh)
+  if abstract:
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=out_sharding),
+                        jax.eval_shape(init))
+  return jax.jit(init, out_shardings=out_sharding)()

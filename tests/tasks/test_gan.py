@@ -13,8 +13,9 @@ from PIL import Image
 
 from jaxvision.data import pipeline
 from jaxvision.data.builders import digits as digits_lib
-from jaxvision.training import checkpoint as ckpt_lib, sharding
-from train import classification, gan
+from jaxvision.tasks import classification
+from jaxvision.tasks.gan import task as gan
+from jaxvision.training import checkpoint as ckpt_lib, sharding, trainer
 from train.configs import digits_cnn, mnist_cgan, mnist_dcgan
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -58,8 +59,16 @@ def classifier_dir(tmp_path_factory):
   c.batch_size, c.num_train_steps, c.eval_every_steps = 32, 20, 20
   c.optimizer.warmup_steps = 2
   c.disable_progress_bar = True
-  classification.train_and_evaluate(c, workdir)
+  trainer.train(classification.ClassificationTask(c), workdir)
   return workdir
+
+
+def _train(config, workdir):
+  return trainer.train(gan.GANTask(config), workdir)
+
+
+def _generate(config, workdir, **kwargs):
+  return gan.GANTask(config).generate(workdir, **kwargs)["samples"]
 
 
 def _train_losses(workdir):
@@ -96,8 +105,8 @@ def _diverge_at_step_5(config, workdir, monkeypatch):
       yield dict(b, image=np.full_like(b["image"], np.nan)) if start + i == 4 else b
 
   monkeypatch.setattr(pipeline, "make_train_iterator", poisoned)
-  with pytest.raises(classification.DivergenceError, match=r"d_loss became nan at step 5"):
-    gan.train_and_evaluate(config, workdir)
+  with pytest.raises(trainer.DivergenceError, match=r"d_loss became nan at step 5"):
+    _train(config, workdir)
   monkeypatch.undo()
 
 
@@ -107,13 +116,13 @@ def test_diverged_run_stops_then_resumes_to_match_an_uninterrupted_run(tmp_path,
   config = _config(eval_every_steps=8, num_devices=1)
   config.discriminator.normalization = "none"
   config.loss = "non_saturating"
-  full = gan.train_and_evaluate(config, tmp_path / "full")
+  full = _train(config, tmp_path / "full")
 
   _diverge_at_step_5(config, tmp_path / "resumed", monkeypatch)
   ckpt = ckpt_lib.Checkpointer(tmp_path / "resumed" / "checkpoints")
   assert ckpt.all_steps() == [2, 4]  # nothing at or after the divergence
   ckpt.close()
-  resumed = gan.train_and_evaluate(config, tmp_path / "resumed")
+  resumed = _train(config, tmp_path / "resumed")
 
   assert resumed["resumed_from_step"] == 4 and resumed["steps"] == full["steps"] == 8
   np.testing.assert_allclose(_train_losses(tmp_path / "resumed"),
@@ -147,7 +156,7 @@ def test_self_conditioned_run_trains_on_cluster_ids_and_resumes_exactly(tmp_path
     return real(*args, **kwargs)
 
   monkeypatch.setattr(pipeline, "make_train_iterator", recording)
-  full = gan.train_and_evaluate(config, tmp_path / "full")
+  full = _train(config, tmp_path / "full")
   # The dataset's labels only give the batch shapes; every batch trained on has cluster ids.
   assert label_args[0] is None and len(label_args) == 4
   assert all(ids.shape == (1437,) and ids.min() >= 0 and ids.max() < 4 for ids in label_args[1:])
@@ -160,7 +169,7 @@ def test_self_conditioned_run_trains_on_cluster_ids_and_resumes_exactly(tmp_path
 
   monkeypatch.undo()
   _diverge_at_step_5(config, tmp_path / "resumed", monkeypatch)
-  resumed = gan.train_and_evaluate(config, tmp_path / "resumed")
+  resumed = _train(config, tmp_path / "resumed")
   assert resumed["resumed_from_step"] == 4 and resumed["steps"] == 8
   np.testing.assert_allclose(_train_losses(tmp_path / "resumed"),
                              _train_losses(tmp_path / "full"), rtol=1e-6)
@@ -169,19 +178,19 @@ def test_self_conditioned_run_trains_on_cluster_ids_and_resumes_exactly(tmp_path
   np.testing.assert_array_equal(s_full.pseudo_labels, label_args[-1])
   for a, b in zip(jax.tree_util.tree_leaves(s_full), jax.tree_util.tree_leaves(s_res)):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-  records = gan.generate(config, tmp_path / "resumed", num=6, out=tmp_path / "gen",
+  records = _generate(config, tmp_path / "resumed", num=6, out=tmp_path / "gen",
                          checkpoint="latest")
   assert all(r["class_name"] == f"cluster{r['class_id']}" for r in records)
   # Self-conditioning needs the conditional pair.
   config = _config(num_devices=1)
   config.self_condition.num_clusters = 4
   with pytest.raises(ValueError, match="needs generator 'ConditionalGenerator'"):
-    gan.train_and_evaluate(config, tmp_path / "unconditional")
+    _train(config, tmp_path / "unconditional")
 
 
 def test_images_outside_the_tanh_range_are_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match=r"must lie in \[-1, 1\].*found values in \[0, 2\]"):
-    gan.train_and_evaluate(_config(pp_train="value_range(0, 2)"), tmp_path)
+    _train(_config(pp_train="value_range(0, 2)"), tmp_path)
 
 
 def _digits_test_set():
@@ -210,7 +219,7 @@ def test_quality_of_real_test_images_matches_the_classifier(classifier_dir):
   assert abs(ev["frechet_classifier_distance"]) < 1e-6 * ev["real_train_test_distance"] + 1e-8
 
   # References in float64 from the classifier's outputs on the digits as sklearn stores them
-  # (the evaluator holds the classifier that train.classification.load_classifier restored).
+  # (the evaluator holds the classifier that tasks.classification.load_classifier restored).
   apply_fn, variables, meta = evaluator.apply_fn, evaluator.variables, evaluator.meta
 
   def outputs(x):
@@ -240,7 +249,7 @@ def test_conditional_run_outputs_and_generate(tmp_path, classifier_dir):
   config = _config(conditional=True, classifier_workdir=str(classifier_dir),
                    checkpoint_every_steps=-1, num_devices=2)
   config.discriminator.normalization = "none"
-  results = gan.train_and_evaluate(config, tmp_path)
+  results = _train(config, tmp_path)
   ev = results["eval"]
   assert ev["step"] == 8 and ev["num_samples"] == 200 and ev["generator"] == "ema"
   assert 1.0 <= ev["classifier_score"] <= 10.0 and ev["frechet_classifier_distance"] > 0
@@ -265,7 +274,7 @@ def test_conditional_run_outputs_and_generate(tmp_path, classifier_dir):
   ckpt.close()
 
   out = tmp_path / "generated"
-  records = gan.generate(config, tmp_path, num=13, out=out, checkpoint="latest")
+  records = _generate(config, tmp_path, num=13, out=out, checkpoint="latest")
   files = sorted(p.name for p in out.glob("*.png"))
   assert len(files) == 13
   assert [r["class_id"] for r in records] == [i % 10 for i in range(13)]
@@ -299,4 +308,4 @@ def test_cli_train_and_generate(tmp_path):
 
 def test_classifier_workdir_without_a_finished_run_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="no results.json in classifier workdir"):
-    gan.train_and_evaluate(_config(classifier_workdir=str(tmp_path / "cls")), tmp_path / "run")
+    _train(_config(classifier_workdir=str(tmp_path / "cls")), tmp_path / "run")

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from jaxvision.data import pipeline
-from jaxvision.training import checkpoint as ckpt_lib
-from train import classification
+from jaxvision.tasks import classification
+from jaxvision.training import checkpoint as ckpt_lib, trainer
 from train.configs import digits_cnn
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -35,6 +35,10 @@ def _config(**overrides):
   return c
 
 
+def _train(config, workdir):
+  return trainer.train(classification.ClassificationTask(config), workdir)
+
+
 def _train_losses(workdir):
   records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   losses = {}
@@ -49,7 +53,7 @@ def _final_params(workdir, config):
   step = ckpt.latest_step()
   meta = ckpt.read_meta(step)
   ckpt.close()
-  state, _, _, _ = classification._restore_for_inference(config, workdir, "latest")
+  state = trainer.restore(classification.ClassificationTask(config), workdir, "latest").state
   return step, meta, jax.device_get(state.params)
 
 
@@ -77,14 +81,14 @@ def _crash_after(monkeypatch, num_batches):
 
 def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch):
   config = _config()
-  full = classification.train_and_evaluate(config, tmp_path / "full")
+  full = _train(config, tmp_path / "full")
 
   _crash_after(monkeypatch, 6)  # crashes after step 6; the last checkpoint is step 4
   with pytest.raises(_Crash):
-    classification.train_and_evaluate(config, tmp_path / "resumed")
+    _train(config, tmp_path / "resumed")
   monkeypatch.undo()
   assert ckpt_lib.Checkpointer(tmp_path / "resumed" / "checkpoints").latest_step() == 4
-  resumed = classification.train_and_evaluate(config, tmp_path / "resumed")
+  resumed = _train(config, tmp_path / "resumed")
 
   assert resumed["resumed_from_step"] == 4 and resumed["steps"] == full["steps"] == 12
   np.testing.assert_allclose(_train_losses(tmp_path / "resumed"), _train_losses(tmp_path / "full"),
@@ -97,7 +101,7 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, monkeypatch):
 
 
 def test_outputs_and_exactly_once_evaluation(tmp_path):
-  results = classification.train_and_evaluate(_config(num_train_steps=8, eval_every_steps=4),
+  results = _train(_config(num_train_steps=8, eval_every_steps=4),
                                               tmp_path)
   ev = results["eval"]
   assert ev["split"] == "test" and ev["num_examples"] == 360
@@ -125,8 +129,8 @@ def test_nan_loss_stops_without_writing_a_checkpoint(tmp_path, monkeypatch):
       yield b
 
   monkeypatch.setattr(pipeline, "make_train_iterator", poisoned)
-  with pytest.raises(classification.DivergenceError, match=r"became nan at step 6"):
-    classification.train_and_evaluate(_config(checkpoint_every_steps=2), tmp_path)
+  with pytest.raises(trainer.DivergenceError, match=r"became nan at step 6"):
+    _train(_config(checkpoint_every_steps=2), tmp_path)
   ckpt = ckpt_lib.Checkpointer(tmp_path / "checkpoints")
   assert ckpt.all_steps() == [2, 4]  # nothing at or after the divergence
   ckpt.close()
@@ -134,30 +138,30 @@ def test_nan_loss_stops_without_writing_a_checkpoint(tmp_path, monkeypatch):
 
 def test_unknown_dataset_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match="unknown dataset 'mnist2'"):
-    classification.train_and_evaluate(_config(dataset="mnist2"), tmp_path)
+    _train(_config(dataset="mnist2"), tmp_path)
 
 
 def test_missing_data_folder_is_a_clear_error(tmp_path):
   (tmp_path / "mnist").mkdir()
   (tmp_path / "mnist" / "train-images-idx3-ubyte.gz").write_bytes(b"")
   with pytest.raises(FileNotFoundError, match="t10k-labels-idx1-ubyte.gz"):
-    classification.train_and_evaluate(
+    _train(
         _config(dataset="mnist", data_dir=str(tmp_path / "mnist")), tmp_path / "run")
 
 
 def test_wrong_image_shape_for_the_model_is_a_clear_error(tmp_path):
   with pytest.raises(ValueError, match=r"configured for images of shape \(28, 28, 1\).*"
                                        r"produces \(16, 16, 1\)"):
-    classification.train_and_evaluate(_config(input_shape=(28, 28, 1)), tmp_path)
+    _train(_config(input_shape=(28, 28, 1)), tmp_path)
 
 
 def test_checkpoint_from_another_model_is_refused_and_kept(tmp_path):
-  classification.train_and_evaluate(_config(num_train_steps=4, eval_every_steps=4), tmp_path)
+  _train(_config(num_train_steps=4, eval_every_steps=4), tmp_path)
   before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
   other = _config(num_train_steps=8)
   other.model.hidden = 32
   with pytest.raises(ckpt_lib.CheckpointMismatchError, match="Dense_0/kernel"):
-    classification.train_and_evaluate(other, tmp_path)
+    _train(other, tmp_path)
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
 
 

@@ -12,8 +12,8 @@ import pytest
 
 from jaxvision.data import moving_mnist, paths, pipeline
 from jaxvision.data.builders.idx import write_idx
-from jaxvision.training import checkpoint as ckpt_lib, optim, state as state_lib
-from train import sequence_prediction
+from jaxvision.tasks import sequence_prediction
+from jaxvision.training import checkpoint as ckpt_lib, optim, state as state_lib, trainer
 from train.configs import moving_mnist_convlstm
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -66,6 +66,10 @@ def _config(mnist_folder, **overrides):
   for k, v in overrides.items():
     c[k] = v
   return c
+
+
+def _train(config, workdir):
+  return trainer.train(sequence_prediction.SequencePredictionTask(config), workdir)
 
 
 def _numpy_baselines(mnist_folder):
@@ -147,7 +151,7 @@ def _final_params(workdir, config):
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
         jax.eval_shape(lambda: state_lib.create_train_state(
             model, tx, input_shape=meta["input_shape"], rng=jax.random.PRNGKey(1))))
-    state = ckpt.restore(step, target, meta, check_keys=sequence_prediction.CHECK_KEYS)
+    state = ckpt.restore(step, target, meta, check_keys=sequence_prediction.SequencePredictionTask.check_keys)
     return step, jax.device_get(state.params)
   finally:
     ckpt.close()
@@ -169,9 +173,9 @@ def test_resumed_run_matches_uninterrupted_run(cli_run, tmp_path, mnist_folder, 
 
   monkeypatch.setattr(pipeline, "make_array_train_iterator", crashing)
   with pytest.raises(_Crash):
-    sequence_prediction.train_and_evaluate(config, tmp_path / "resumed")
+    _train(config, tmp_path / "resumed")
   monkeypatch.undo()
-  resumed = sequence_prediction.train_and_evaluate(config, tmp_path / "resumed")
+  resumed = _train(config, tmp_path / "resumed")
 
   assert resumed["resumed_from_step"] == 3 and resumed["steps"] == full["steps"] == 4
   step_full, p_full = _final_params(full_dir, config)
@@ -187,8 +191,8 @@ def test_bad_settings_are_clear_errors(tmp_path, mnist_folder):
   with pytest.raises(ValueError, match="num_output_frames=5 but the data has 3 target frames"):
     c = _config(mnist_folder)
     c.model.num_output_frames = 5
-    sequence_prediction.train_and_evaluate(c, tmp_path / "a")
+    _train(c, tmp_path / "a")
   with pytest.raises(ValueError, match="builder_config must be one of"):
     c = _config(mnist_folder)
     c.data.builder_config = "huge"
-    sequence_prediction.train_and_evaluate(c, tmp_path / "b")
+    _train(c, tmp_path / "b")

@@ -6,9 +6,10 @@ saves and restores it whole): the generator's and discriminator's params and ``b
 step, a base rng and, optionally, an exponential moving average (EMA) of the generator's
 params. :func:`create_gan_state` builds it directly replicated on a mesh.
 
-:func:`make_gan_step` returns ``step(state, batch) -> (state, metrics)``; compile it with
-``jaxvision.training.steps.jit_train_step`` (batch sharded over ``'data'``, state replicated
-and donated). One step, with randomness from ``fold_in(state.rng, state.step)``:
+:func:`make_train_step` returns ``step(state, batch) -> (state, metrics)``; compile it with
+``jaxvision.training.jit.jit_train_step(step, mesh, onednn=False)`` (batch sharded over
+``'data'``, state replicated and donated; the GAN keeps XLA's convolutions on CPU, which
+measured faster for DCGAN, see ``benchmarks/RESULTS.md``). One step, with randomness from ``fold_in(state.rng, state.step)``:
 
 1. The generator maps ``z ~ N(0, I)`` (and, if conditional, labels) to a fake batch in
    training mode (its BatchNorm uses batch statistics and updates its running averages).
@@ -24,7 +25,7 @@ sees real images with the batch's labels; fake images are generated for uniforml
 (``fake_labels='random'``) or for the real batch's labels (``'batch'``), and are judged
 against the labels they were generated for.
 
-Self-conditioned models (``jaxvision.training.clustering``): the state carries
+Self-conditioned models (``jaxvision.tasks.gan.clustering``): the state carries
 ``pseudo_labels``, one cluster id per training example, and the batch's ``'label'`` holds the
 real images' cluster ids; ``fake_labels='random'`` then draws the generated images' ids from
 the empirical cluster distribution (a uniformly random training example's id) instead of
@@ -183,7 +184,7 @@ def _sample_labels(rng, batch: int, num_classes: int | None, pool=None):
   return jax.random.randint(rng, (batch,), 0, num_classes, dtype=jnp.int32)
 
 
-def make_gan_step(generator: nn.Module, discriminator: nn.Module, *,
+def make_train_step(generator: nn.Module, discriminator: nn.Module, *,
                   loss: str = "non_saturating", ema_decay: float = 0.0,
                   fake_labels: str = "random") -> Callable[[GANState, dict], tuple[GANState,
                                                                                     dict]]:
@@ -272,9 +273,7 @@ def make_gan_step(generator: nn.Module, discriminator: nn.Module, *,
     }
     return new_state, metrics
 
-  # DCGAN (MNIST, batch 64) on the 2-core CPU: 90 ms per step with XLA's convolutions, 102-109
-  # ms with ops.onednn's (same-process A/Bs, benchmarks/RESULTS.md), so GAN steps keep XLA's.
-  return onednn.with_xla_convolutions(step)
+  return step
 
 
 def _stats_collection(stats) -> dict:
@@ -332,7 +331,7 @@ def make_sample_fn(generator: nn.Module, mesh=None) -> Callable[..., jax.Array]:
   """
   num_classes = getattr(generator, "num_classes", None)
 
-  # As the GAN step (make_gan_step): on CPU, DCGAN's transposed convolutions run their
+  # As the GAN step (make_train_step): on CPU, DCGAN's transposed convolutions run their
   # forward pass faster on XLA's convolutions than on ops.onednn's.
   @onednn.with_xla_convolutions
   def sample(variables, z, *labels):

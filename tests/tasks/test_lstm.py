@@ -8,7 +8,8 @@ import numpy as np
 from benchmarks import lstm as lstm_bench
 from jaxvision.data import pipeline
 from tests.models.test_rnn import np_stacked
-from train import classification
+from jaxvision.tasks import classification
+from jaxvision.training import trainer
 from train.configs import mnist_lstm
 
 FEATURES = 8
@@ -32,7 +33,7 @@ def _tiny_config():
 
 def test_mnist_lstm_trains_and_its_accuracy_matches_a_numpy_lstm(tmp_path):
   config = _tiny_config()
-  results = classification.train_and_evaluate(config, tmp_path)
+  results = trainer.train(classification.ClassificationTask(config), tmp_path)
   saved = json.loads((tmp_path / "results.json").read_text())
   assert saved["steps"] == 3 and saved["config"]["model"]["name"] == "RowLSTMClassifier"
   assert saved["eval"]["num_examples"] == 360
@@ -41,7 +42,7 @@ def test_mnist_lstm_trains_and_its_accuracy_matches_a_numpy_lstm(tmp_path):
 
   # Independent check: a float64 NumPy biLSTM on the restored parameters classifies the same
   # preprocessed test images.
-  state, _, _, _ = classification._restore_for_inference(config, tmp_path, "latest")
+  state = trainer.restore(classification.ClassificationTask(config), tmp_path, "latest").state
   params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64),
                                   jax.device_get(state.params))
   builder, info = pipeline.get_dataset("digits")

@@ -1,0 +1,304 @@
+"""The one trainer: runs any :class:`jaxvision.training.task.Task` in a workdir.
+
+:func:`train` opens the run (mesh, checkpointer, metric writer, the step to resume from),
+asks the task for its batches, state and step, compiles the step ahead of time (compile
+time is measured apart), and drives it to ``task.total_steps()``. Per-step metrics stay on
+device until a log point, where they are fetched together, checked for NaN/inf
+(:class:`DivergenceError`, raised before any later checkpoint is written) and their mean
+written. The evaluator runs every ``task.eval_every()`` steps and at the end; checkpoints are
+saved at every evaluation (ranked by ``task.best_metric``), every
+``config.checkpoint_every_steps`` steps and after hooks that ask for one. :func:`restore`
+loads a workdir's best or latest checkpoint for inference.
+
+Workdir layout (every task)::
+
+    <workdir>/config.json           the run's config (written when the run starts)
+    <workdir>/checkpoints/<step>/   Orbax steps: the latest ``config.keep_checkpoints`` (2)
+                                    and the best by the task's metric, each with its meta
+    <workdir>/metrics.jsonl         one JSON record per log, evaluation or hook
+    <workdir>/tensorboard/          TensorBoard event files
+    <workdir>/results.json          config, steps, timings and the final evaluation
+    <workdir>/plots/curves.png      train metrics and evaluations over steps
+    <workdir>/plots/...             the task's own outputs
+
+Running the same command with the same workdir resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import pathlib
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import tqdm
+from absl import logging
+
+from jaxvision.training import checkpoint as ckpt_lib
+from jaxvision.training import jit as jit_lib
+from jaxvision.training import reporting, sharding
+from jaxvision.training.task import Task
+
+CONFIG_FILE = "config.json"
+
+
+class DivergenceError(FloatingPointError):
+  """The training loss (or another guarded metric) became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class Run:
+  """An open run in ``workdir`` (what tasks and hooks see).
+
+  Attributes:
+    config: the run's config.
+    workdir: the resolved run directory.
+    mesh: the 1-D ``'data'`` mesh over ``config.num_devices`` devices (default all).
+    checkpointer: ``checkpoint.Checkpointer`` of ``workdir/checkpoints``.
+    writer: ``reporting.MetricWriter`` of ``workdir``.
+    start_step: the latest checkpointed step (0 for a fresh run).
+    total_steps: the step the run ends at.
+  """
+  config: ml_collections.ConfigDict
+  workdir: pathlib.Path
+  mesh: Any
+  checkpointer: ckpt_lib.Checkpointer
+  writer: reporting.MetricWriter
+  start_step: int
+  total_steps: int
+  batches: Iterator[Mapping[str, Any]] | None = None
+  _next_batch: Mapping[str, Any] | None = None
+
+  def replace_batches(self, batches: Iterator[Mapping[str, Any]]):
+    """The following steps draw from ``batches`` (its first batch is the next step's)."""
+    self.batches, self._next_batch = batches, None
+
+  def next_batch(self) -> Mapping[str, Any]:
+    batch, self._next_batch = self._next_batch, None
+    return batch if batch is not None else next(self.batches)
+
+
+@contextlib.contextmanager
+def open_run(task: Task, workdir) -> Iterator[Run]:
+  """Opens a run of ``task`` in ``workdir``; closes its checkpointer and writer however the
+  run ends (closing waits for pending checkpoint writes)."""
+  config = task.config
+  total_steps = task.total_steps()
+  workdir = pathlib.Path(workdir).resolve()
+  workdir.mkdir(parents=True, exist_ok=True)
+  mesh = sharding.make_mesh(config.get("num_devices"))
+  sharding.check_batch_size(config.batch_size, mesh)
+  checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints",
+                                       keep=config.get("keep_checkpoints", 2),
+                                       best_metric=task.best_metric, best_mode=task.best_mode)
+  writer = reporting.MetricWriter(workdir)
+  try:
+    yield Run(config, workdir, mesh, checkpointer, writer, checkpointer.latest_step() or 0,
+              total_steps)
+  finally:
+    checkpointer.close()
+    writer.close()
+
+
+def save_config(config: ml_collections.ConfigDict, workdir) -> None:
+  """Writes ``config`` to ``<workdir>/config.json`` (process 0), atomically."""
+  if jax.process_index() != 0:
+    return
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  tmp = path.with_suffix(".json.tmp")
+  tmp.write_text(json.dumps(config.to_dict(), indent=2))
+  tmp.replace(path)
+
+
+def load_config(workdir) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with (its ``config.json``, else ``results.json``)."""
+  workdir = pathlib.Path(workdir).resolve()
+  if (workdir / CONFIG_FILE).is_file():
+    return ml_collections.ConfigDict(json.loads((workdir / CONFIG_FILE).read_text()))
+  if (workdir / "results.json").is_file():
+    return ml_collections.ConfigDict(json.loads((workdir / "results.json").read_text())["config"])
+  raise FileNotFoundError(f"no {CONFIG_FILE} in {workdir}: expected the workdir of a training "
+                          f"run (or pass --config)")
+
+
+def compile_step(step_fn, state, host_batch: Mapping[str, Any], mesh) -> tuple[Any, float]:
+  """``(compiled step, compile seconds)``: ``step_fn`` lowered for ``state`` and the sharded
+  ``host_batch``, compiled ahead of time (so compile time is measured apart from training)."""
+  t0 = time.perf_counter()
+  compiled = step_fn.lower(state, sharding.shard_batch(host_batch, mesh)).compile()
+  return compiled, time.perf_counter() - t0
+
+
+def flush_metrics(pending: list, writer, first_step: int, task: Task) -> dict[str, float]:
+  """Fetches queued per-step metrics, stops on NaN/inf, writes and returns their mean.
+
+  ``pending``: per-step metric dicts (device arrays) of steps ``first_step + 1, ...``. The
+  task's ``guarded_metrics`` must stay finite (the gradient norm is guarded by default: a
+  model can map NaN activations to finite logits, and then only the gradients show it).
+  """
+  fetched = jax.device_get(pending)
+  for i, m in enumerate(fetched):
+    for name in task.guarded_metrics:
+      if name in m and not math.isfinite(float(m[name])):
+        raise DivergenceError(
+            f"the {task.name} training {name} became {float(m[name])} at step "
+            f"{first_step + i + 1} (expected a finite value): training diverged. No checkpoint "
+            f"was written after the divergence; {task.divergence_hint}.")
+  means = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+  writer.write(first_step + len(fetched), "train", means)
+  return means
+
+
+def train(task: Task, workdir) -> dict:
+  """Trains ``task`` into ``workdir`` (resuming if it holds checkpoints); returns the results.
+
+  ``results.json`` holds: ``config``, ``steps``, ``resumed_from_step``, ``train_seconds``,
+  ``compile_seconds``, ``eval_seconds``, ``devices``, the task's :meth:`Task.results_info`
+  and ``eval`` (the last evaluation; a run that was already complete is evaluated again).
+  """
+  config = task.config
+  task.prepare()
+  with open_run(task, workdir) as run:
+    save_config(config, run.workdir)
+    mesh, start_step, total_steps = run.mesh, run.start_step, run.total_steps
+    batches = task.train_batches(start_step)
+    first = next(batches)
+    state, meta = task.create_state(first, mesh, abstract=bool(start_step))
+    if start_step:
+      state = run.checkpointer.restore(start_step, state, meta, check_keys=task.check_keys)
+      logging.info("resumed from %s at step %d", run.checkpointer.directory, start_step)
+      print(f"Resuming from step {start_step} of {total_steps} ({run.checkpointer.directory})")
+    run.batches, run._next_batch = batches, first  # pylint: disable=protected-access
+    state = task.on_start(run, state)
+    train_step, compile_seconds = compile_step(
+        jit_lib.jit_train_step(task.make_train_step(), mesh, onednn=task.train_onednn),
+        state, first, mesh)
+    evaluator = task.make_evaluator(run)
+    state, last_eval, seconds = _loop(task, run, state, train_step, evaluator, meta)
+    if last_eval is None:  # Already complete: evaluate what the checkpoint holds.
+      t0 = time.perf_counter()
+      last_eval = evaluator.run(state)
+      seconds["eval"] += time.perf_counter() - t0
+      print(task.summary_line(last_eval))
+    results = {
+        "config": config.to_dict(),
+        "steps": int(jax.device_get(state.step)),
+        "resumed_from_step": start_step,
+        "train_seconds": seconds["train"],
+        "compile_seconds": compile_seconds,
+        "eval_seconds": seconds["eval"],
+        "devices": mesh.devices.size,
+        **task.results_info(run),
+        "eval": last_eval,
+    }
+    if jax.process_index() == 0:
+      (run.workdir / "results.json").write_text(json.dumps(results, indent=2))
+      reporting.plot_curves(reporting.read_metrics(run.workdir / "metrics.jsonl"),
+                            run.workdir / "plots" / "curves.png",
+                            metrics=task.curve_metrics(last_eval))
+      task.write_outputs(run, state, results)
+    return results
+
+
+def _loop(task: Task, run: Run, state, train_step, evaluator, meta):
+  """Steps ``run.start_step + 1 .. run.total_steps``; returns ``(state, last eval or None,
+  {'train': seconds, 'eval': seconds})``."""
+  config, total = task.config, run.total_steps
+  eval_every = max(1, task.eval_every())
+  log_every = max(1, int(config.get("log_every_steps", 50)))
+  ckpt_every = int(config.get("checkpoint_every_steps", -1))
+  hooks = task.hooks(run)
+  seconds = {"train": 0.0, "eval": 0.0}
+  last_eval, pending, pending_from = None, [], run.start_step
+  bar = tqdm.tqdm(total=total, initial=run.start_step, desc="train", unit="step",
+                  dynamic_ncols=True, disable=config.get("disable_progress_bar", None))
+  t_mark, n_mark = time.perf_counter(), 0
+  for step in range(run.start_step, total):
+    state, metrics = train_step(state, sharding.shard_batch(run.next_batch(), run.mesh))
+    pending.append(metrics)
+    done = step + 1
+    bar.update(1)
+    n_mark += 1
+    do_eval = done % eval_every == 0 or done == total
+    due = [h for h in hooks if h.due(done, total)]
+    do_ckpt = (do_eval or (ckpt_every > 0 and done % ckpt_every == 0)
+               or any(h.checkpoint for h in due))
+    if not (done % log_every == 0 or do_ckpt or due):
+      continue
+    means = flush_metrics(pending, run.writer, pending_from, task)
+    pending, pending_from = [], done
+    now = time.perf_counter()
+    seconds["train"] += now - t_mark
+    throughput = n_mark * config.batch_size / max(now - t_mark, 1e-9)
+    shown = {k: means[k] for k in task.progress_metrics if k in means}
+    bar.set_postfix({k: f"{v:.4f}" for k, v in shown.items()},
+                    **{task.throughput_name: f"{throughput:,.1f}"})
+    if bar.disable:
+      print(f"[train] step {done}/{total}: "
+            + " ".join(f"{k} {v:.4f}" for k, v in shown.items())
+            + f" ({throughput:,.1f} {task.throughput_name})", flush=True)
+    scalars = {task.throughput_name: throughput}
+    lr = task.learning_rate(done)
+    if lr is not None:
+      scalars["learning_rate"] = float(lr)
+    run.writer.write(done, "train", scalars)
+    if do_eval:
+      t0 = time.perf_counter()
+      last_eval = evaluator.run(state)
+      seconds["eval"] += time.perf_counter() - t0
+      run.writer.write(done, "eval", task.eval_scalars(last_eval))
+      tqdm.tqdm.write(task.summary_line(last_eval))
+    for hook in due:
+      state = hook.fn(run, state, done)
+    if do_ckpt:
+      ranked = do_eval and task.best_metric in last_eval
+      run.checkpointer.save(done, state, meta, metrics=(
+          {task.best_metric: last_eval[task.best_metric]} if ranked else None))
+    t_mark, n_mark = time.perf_counter(), 0
+  bar.close()
+  return state, last_eval, seconds
+
+
+@dataclasses.dataclass
+class Restored:
+  """A checkpoint restored for inference: ``state``, its stored ``meta``, ``step``, ``mesh``."""
+  state: Any
+  meta: dict
+  step: int
+  mesh: Any
+
+
+def restore(task: Task, workdir, checkpoint: str = "best") -> Restored:
+  """Restores the best (falling back to the latest when none was ranked) or latest
+  checkpoint of ``workdir`` into ``task.restore_target``'s state.
+
+  Raises:
+    FileNotFoundError: no checkpoint in the workdir.
+    CheckpointMismatchError: the checkpoint was written by another model or configuration.
+  """
+  if checkpoint not in ("best", "latest"):
+    raise ValueError(f"checkpoint must be 'best' or 'latest'; found {checkpoint!r}")
+  ckpt_dir = pathlib.Path(workdir).resolve() / "checkpoints"
+  if not ckpt_dir.is_dir():
+    raise FileNotFoundError(f"no checkpoints in {ckpt_dir}: train into this workdir first")
+  checkpointer = ckpt_lib.Checkpointer(ckpt_dir, async_save=False,
+                                       best_metric=task.best_metric, best_mode=task.best_mode)
+  try:
+    step = checkpointer.best_step() if checkpoint == "best" else None
+    step = step if step is not None else checkpointer.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"no complete checkpoint in {ckpt_dir}")
+    meta = checkpointer.read_meta(step)
+    mesh = sharding.make_mesh(task.config.get("num_devices"))
+    target, expected = task.restore_target(meta, mesh)
+    state = checkpointer.restore(step, target, expected, check_keys=task.check_keys)
+  finally:
+    checkpointer.close()
+  return Restored(state, meta, step, mesh)
