@@ -17,7 +17,9 @@ start and again after each model; the best is kept), and memory. Each
 JAX record is compared with the fastest peer, as a ratio of median throughputs and as the
 median of the per-round ratios.
 
-Writes ``--out`` (JSON: ``environment``, ``matmul_peak``, ``records``) and prints a table.
+Writes ``--out`` (JSON: ``environment``, ``matmul_peak``, ``records``) and prints a table. Runs
+kept in the repository go to ``benchmarks/results/<machine>_<YYYY-MM-DD>_<what>.json`` (the
+naming scheme is at the top of ``benchmarks/RESULTS.md``).
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ import numpy as np
 
 from benchmarks import timing
 from jaxvision import models
-from jaxvision.data import paths, pipeline
+from jaxvision.data import get_dataset, paths, pipeline
 from jaxvision.training import compiler, sharding, state as state_lib, steps as steps_lib
 from jaxvision.training import optim
 
@@ -70,7 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def load_mnist(data_dir: str, device) -> dict[str, jax.Array]:
   """Train and test images ``[N, 28, 28, 1]`` float32 (normalised) and int32 labels, on device."""
-  builder, info = pipeline.get_dataset("mnist", data_dir=data_dir)
+  builder, info = get_dataset("mnist", data_dir=data_dir)
   out = {}
   for split in ("train", "test"):
     images, labels = pipeline.load_split(builder, info, split)

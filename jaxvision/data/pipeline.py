@@ -1,21 +1,7 @@
-"""Classification datasets: resolution by name, and deterministic host-local batch iterators.
+"""Deterministic host-local batch iterators over classification datasets.
 
-``get_dataset(name)`` resolves a name to a prepared TFDS builder and a :class:`DatasetInfo`:
-
-=================  ==========================================================================
-name               source
-=================  ==========================================================================
-``digits``         scikit-learn's 8x8 digits (our builder; train 1437 / test 360)
-``mnist``          ``data_dir`` as an IDX folder if given; else ``$JAXVISION_DATA_DIR/mnist``
-                   if it exists; else the TFDS catalog ``mnist`` (download)
-``fashion_mnist``  same with the IDX folder ``fashion-mnist``
-``cifar10``        same with the folder ``cifar10`` holding CIFAR-10's python version
-                   (``cifar-10-batches-py``, itself or as a subfolder); else the TFDS catalog
-``idx:<folder>``   any MNIST-layout IDX folder
-=================  ==========================================================================
-
-Our builders write prepared records under ``paths.tfds_dir()``; catalog datasets use TFDS's
-own data dir (``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``).
+Datasets come from ``jaxvision.data.get_dataset(name)`` (:mod:`jaxvision.data.datasets`), which
+returns a prepared TFDS builder and its :class:`DatasetInfo`.
 
 Iterators load the decoded split once into memory and drive a ``tf.data`` pipeline over
 example indices:
@@ -39,8 +25,6 @@ evaluation ``mask`` bool ``[B_local]``.
 
 from __future__ import annotations
 
-import dataclasses
-import os
 import types
 from collections.abc import Callable, Iterator, Mapping
 
@@ -49,116 +33,12 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from jaxvision.data import paths
 from jaxvision.data import preprocess
-from jaxvision.data.builders import cifar as cifar_lib
-from jaxvision.data.builders import digits as digits_lib
-from jaxvision.data.builders import idx as idx_lib
+from jaxvision.data.datasets import DatasetInfo
 
-KNOWN_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "idx:<folder>")
-# Dataset name -> (folder name under the data root, builder factory, class names).
-_FOLDER_DATASETS = {
-    "mnist": ("mnist", idx_lib.idx_builder, idx_lib.DIGIT_CLASS_NAMES),
-    "fashion_mnist": ("fashion-mnist", idx_lib.idx_builder, idx_lib.FASHION_MNIST_CLASS_NAMES),
-    "cifar10": ("cifar10", cifar_lib.cifar_builder, cifar_lib.CLASS_NAMES),
-}
 _MAX_EPOCHS = 2**40
 # ``fn(example: dict of tf.Tensor, rng: int64 [2]) -> dict of tf.Tensor`` for one example.
 ExampleFn = Callable[[dict, tf.Tensor], dict]
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  """What a training loop needs to know about a classification dataset."""
-
-  name: str                            # 'digits', 'mnist', 'fashion_mnist', 'cifar10', 'idx:<folder>'
-  source: str                          # e.g. 'sklearn digits', 'IDX folder /x/mnist', 'TFDS catalog mnist'
-  num_classes: int
-  class_names: tuple[str, ...]
-  image_shape: tuple[int, int, int]    # HWC of the stored images
-  num_examples: dict[str, int]         # per split name, e.g. {'train': 60000, 'test': 10000}
-
-
-def _info_from_builder(builder: tfds.core.DatasetBuilder, name: str, source: str) -> DatasetInfo:
-  features = builder.info.features
-  image, label = features["image"], features["label"]
-  return DatasetInfo(
-      name=name,
-      source=source,
-      num_classes=int(label.num_classes),
-      class_names=tuple(label.names),
-      image_shape=tuple(int(d) for d in image.shape),
-      num_examples={s: int(v.num_examples) for s, v in builder.info.splits.items()},
-  )
-
-
-def _prepare_local(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
-  builder.download_and_prepare()
-  return builder
-
-
-def _catalog_builder(name: str) -> tfds.core.DatasetBuilder:
-  """``tfds.builder(name)`` downloaded and prepared (needs network on first use)."""
-  builder = tfds.builder(name)
-  builder.download_and_prepare()
-  return builder
-
-
-def _from_catalog(name: str, local_hint: str) -> tfds.core.DatasetBuilder:
-  try:
-    return _catalog_builder(name)
-  except Exception as e:  # pylint: disable=broad-except
-    raise FileNotFoundError(
-        f"dataset {name!r}: {local_hint}, and preparing the TFDS catalog dataset {name!r} "
-        f"failed ({type(e).__name__}: {e}). Provide the data locally (set "
-        f"${paths.ENV_VAR} to the data root) or make the TFDS download work.") from e
-
-
-def get_dataset(name: str, *,
-                data_dir: str | os.PathLike | None = None
-                ) -> tuple[tfds.core.DatasetBuilder, DatasetInfo]:
-  """Resolves ``name`` to a prepared TFDS builder and its :class:`DatasetInfo`.
-
-  Args:
-    name: 'digits', 'mnist', 'fashion_mnist', 'cifar10' or 'idx:<folder>' (see module doc).
-    data_dir: for 'mnist', 'fashion_mnist' and 'cifar10', the local folder to read (it must
-      be complete); not accepted for 'digits' and 'idx:<folder>'.
-
-  Returns:
-    ``(builder, info)``; the builder is prepared (records written) and ready for
-    ``as_dataset``.
-
-  Raises:
-    ValueError: unknown name (the known names are listed) or a ``data_dir`` that means nothing
-      for ``name``.
-    FileNotFoundError: a local folder that is missing or incomplete (missing files listed),
-      or no local folder and a failed catalog download.
-  """
-  if name == "digits" or name.startswith("idx:"):
-    if data_dir is not None:
-      raise ValueError(f"dataset {name!r} takes no data_dir (got {data_dir!r}); prepared "
-                       f"records go to ${paths.TFDS_ENV_VAR} ({paths.tfds_dir()})")
-    if name == "digits":
-      builder = _prepare_local(digits_lib.digits_builder())
-      return builder, _info_from_builder(builder, name, "sklearn digits")
-    folder = name[len("idx:"):]
-    if not folder:
-      raise ValueError("dataset 'idx:<folder>' needs a folder, e.g. 'idx:/data/mnist'")
-    builder = _prepare_local(idx_lib.idx_builder(folder))
-    return builder, _info_from_builder(builder, name, builder.builder_config.description)
-
-  if name in _FOLDER_DATASETS:
-    folder_name, make_builder, class_names = _FOLDER_DATASETS[name]
-    folder = data_dir if data_dir is not None else paths.local_dataset_dir(folder_name)
-    if data_dir is not None or os.path.exists(folder):
-      builder = _prepare_local(make_builder(folder, class_names=class_names))
-      source = builder.builder_config.description  # e.g. 'IDX folder /data/mnist'
-    else:
-      builder = _from_catalog(name, f"the local folder {folder} was not found")
-      source = f"TFDS catalog {name}"
-    return builder, _info_from_builder(builder, name, source)
-
-  raise ValueError(f"unknown dataset {name!r}; known: {', '.join(KNOWN_DATASETS)}")
 
 
 def split_size(info: DatasetInfo, split: str) -> int:
@@ -265,7 +145,7 @@ def make_train_iterator(builder: tfds.core.DatasetBuilder, info: DatasetInfo, *,
   """Infinite iterator of this host's training batches (see the module docstring).
 
   Args:
-    builder, info: from :func:`get_dataset`.
+    builder, info: from ``jaxvision.data.get_dataset``.
     split: split name (TFDS slicing allowed, e.g. ``'train[:90%]'``).
     global_batch_size: batch size over all processes; a multiple of ``process_count``.
     pp: preprocessing spec (``preprocess.parse``), e.g. ``'random_crop(28, pad=2)|value_range(0, 1)'``.

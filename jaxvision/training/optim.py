@@ -1,65 +1,178 @@
-"""Optimizers and learning-rate schedules from an ``ml_collections`` config.
+"""Optimizers and learning-rate schedules from a config, a dict or keyword arguments.
 
-Config fields (``config.optimizer``):
+``make_optimizer`` and ``make_schedule`` take the same fields, as an ``ml_collections``
+``ConfigDict`` (``config.optimizer``), any ``Mapping``, keyword arguments, or a config plus
+keyword arguments that override it::
+
+  tx, schedule = make_optimizer(config.optimizer, total_steps)
+  tx, schedule = make_optimizer({"name": "adamw", "learning_rate": 1e-3}, total_steps)
+  tx, schedule = make_optimizer(name="sgd", learning_rate=0.1, momentum=0.9)
+
+Fields (``name`` and ``learning_rate`` are required; the others default to :data:`DEFAULTS`):
 
 * ``name``: ``'sgd'`` (momentum, optional Nesterov) or ``'adamw'`` (``'adam'`` = AdamW with no
   decay).
 * ``learning_rate``: peak learning rate.
 * ``schedule``: ``'constant'``, ``'warmup_cosine'`` or ``'onecycle'``.
-* ``warmup_steps`` (warmup_cosine), ``pct_start`` (onecycle: fraction of steps rising).
+* ``warmup_steps``, ``end_lr_fraction`` (warmup_cosine); ``pct_start`` (fraction of steps
+  rising), ``div_factor``, ``final_div_factor`` (onecycle).
 * ``weight_decay``: decoupled for AdamW, added to the gradient for SGD; never applied to biases
   or normalization scales (leaves with fewer than 2 dimensions).
-* ``momentum``, ``nesterov`` (SGD); ``b1``, ``b2`` (Adam).
+* ``momentum``, ``nesterov`` (SGD; ``momentum`` 0 or None: plain SGD); ``b1``, ``b2`` (Adam).
 * ``grad_clip_norm``: clip by global norm when > 0.
+
+Unknown fields raise ``ValueError`` naming the known ones, so a misspelt field is never
+silently ignored.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import jax
+import ml_collections
 import optax
 
+REQUIRED = ("name", "learning_rate")
+DEFAULTS = {
+    "schedule": "constant",
+    "warmup_steps": 0,
+    "end_lr_fraction": 0.0,
+    "pct_start": 0.25,
+    "div_factor": 25.0,
+    "final_div_factor": 1e4,
+    "weight_decay": 0.0,
+    "momentum": 0.9,
+    "nesterov": False,
+    "b1": 0.9,
+    "b2": 0.999,
+    "grad_clip_norm": 0.0,
+}
+KNOWN_FIELDS = REQUIRED + tuple(DEFAULTS)
+SCHEDULES = ("constant", "warmup_cosine", "onecycle")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 
-def make_schedule(cfg, total_steps: int) -> optax.Schedule:
-  """Learning-rate schedule for ``total_steps`` steps."""
-  lr = cfg.learning_rate
-  name = cfg.get("schedule", "constant")
+OptimizerConfig = ml_collections.ConfigDict | Mapping[str, Any] | None
+
+
+def resolve_config(cfg: OptimizerConfig = None, *, required: tuple[str, ...] = REQUIRED,
+                   **overrides) -> dict[str, Any]:
+  """The fields of ``cfg`` updated by ``overrides``, with :data:`DEFAULTS` filled in.
+
+  Args:
+    cfg: a ``ConfigDict``, a ``Mapping`` or None (no fields).
+    required: fields that must be given.
+    **overrides: fields that replace those of ``cfg``.
+
+  Returns:
+    A plain dict holding every field of :data:`KNOWN_FIELDS` that was given or has a default.
+
+  Raises:
+    TypeError: ``cfg`` of another type.
+    ValueError: an unknown field (the known ones are listed) or a missing required one.
+  """
+  if cfg is None:
+    fields = {}
+  elif isinstance(cfg, ml_collections.ConfigDict):
+    fields = cfg.to_dict()
+  elif isinstance(cfg, Mapping):
+    fields = dict(cfg)
+  else:
+    raise TypeError(f"optimizer config must be a ConfigDict, a Mapping or None; found "
+                    f"{type(cfg).__name__}")
+  fields.update(overrides)
+  unknown = [k for k in fields if k not in KNOWN_FIELDS]
+  if unknown:
+    raise ValueError(f"unknown optimizer field(s) {unknown}; known: {', '.join(KNOWN_FIELDS)}")
+  missing = [k for k in required if k not in fields]
+  if missing:
+    raise ValueError(f"optimizer config is missing {missing}; got fields {sorted(fields)}")
+  return {**DEFAULTS, **fields}
+
+
+def _need_total_steps(total_steps: int | None, schedule: str) -> int:
+  if total_steps is None:
+    raise ValueError(f"schedule {schedule!r} needs total_steps (an int); found None")
+  return total_steps
+
+
+def make_schedule(cfg: OptimizerConfig = None, total_steps: int | None = None,
+                  **kwargs) -> optax.Schedule:
+  """Learning-rate schedule for ``total_steps`` steps.
+
+  Args:
+    cfg: ``config.optimizer`` as a ``ConfigDict``, a ``Mapping`` or None (see the module
+      docstring; only ``learning_rate`` is required here, optimizer fields are accepted and
+      ignored).
+    total_steps: number of training steps; may be None for the ``'constant'`` schedule.
+    **kwargs: fields overriding those of ``cfg``.
+
+  Returns:
+    ``fn(step) -> learning rate``.
+
+  Raises:
+    ValueError: unknown field or schedule name, or ``total_steps`` missing where needed.
+  """
+  fields = resolve_config(cfg, required=("learning_rate",), **kwargs)
+  lr = fields["learning_rate"]
+  name = fields["schedule"]
   if name == "constant":
     return optax.constant_schedule(lr)
   if name == "warmup_cosine":
-    warmup = min(cfg.get("warmup_steps", 0), max(total_steps - 1, 0))
+    total_steps = _need_total_steps(total_steps, name)
+    warmup = min(fields["warmup_steps"], max(total_steps - 1, 0))
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=lr, warmup_steps=warmup,
-        decay_steps=max(total_steps, warmup + 1), end_value=cfg.get("end_lr_fraction", 0.0) * lr)
+        decay_steps=max(total_steps, warmup + 1), end_value=fields["end_lr_fraction"] * lr)
   if name == "onecycle":
+    total_steps = _need_total_steps(total_steps, name)
     return optax.cosine_onecycle_schedule(
-        transition_steps=max(total_steps, 1), peak_value=lr,
-        pct_start=cfg.get("pct_start", 0.25),
-        div_factor=cfg.get("div_factor", 25.0),
-        final_div_factor=cfg.get("final_div_factor", 1e4))
-  raise ValueError(
-      f"unknown schedule {name!r}; expected one of 'constant', 'warmup_cosine', 'onecycle'")
+        transition_steps=max(total_steps, 1), peak_value=lr, pct_start=fields["pct_start"],
+        div_factor=fields["div_factor"], final_div_factor=fields["final_div_factor"])
+  raise ValueError(f"unknown schedule {name!r}; expected one of "
+                   f"{', '.join(repr(s) for s in SCHEDULES)}")
 
 
 def _decay_mask(params):
   return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
 
 
-def make_optimizer(cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Returns ``(tx, schedule)`` for ``cfg`` (``config.optimizer``)."""
-  schedule = make_schedule(cfg, total_steps)
-  name = cfg.name
-  wd = cfg.get("weight_decay", 0.0)
+def make_optimizer(cfg: OptimizerConfig = None, total_steps: int | None = None,
+                   **kwargs) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Returns ``(tx, schedule)`` for the optimizer fields in ``cfg`` and ``kwargs``.
+
+  Args:
+    cfg: ``config.optimizer`` as a ``ConfigDict``, a ``Mapping`` or None (see the module
+      docstring for the fields; ``name`` and ``learning_rate`` are required).
+    total_steps: number of training steps (for the schedule); may be None for the
+      ``'constant'`` schedule.
+    **kwargs: fields overriding those of ``cfg``, e.g.
+      ``make_optimizer(name="adamw", learning_rate=1e-3, weight_decay=1e-4)``.
+
+  Returns:
+    ``(tx, schedule)``: the optax transformation and its learning-rate schedule.
+
+  Raises:
+    TypeError: ``cfg`` of another type.
+    ValueError: unknown field, optimizer or schedule name, or a missing required field.
+  """
+  fields = resolve_config(cfg, **kwargs)
+  schedule = make_schedule(fields, total_steps)
+  name = fields["name"]
+  wd = fields["weight_decay"]
   parts = []
-  if cfg.get("grad_clip_norm", 0.0):
-    parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
+  if fields["grad_clip_norm"]:
+    parts.append(optax.clip_by_global_norm(fields["grad_clip_norm"]))
   if name == "sgd":
     if wd:
       parts.append(optax.add_decayed_weights(wd, mask=_decay_mask))
-    parts.append(optax.sgd(schedule, momentum=cfg.get("momentum", 0.9) or None,
-                           nesterov=cfg.get("nesterov", False)))
+    parts.append(optax.sgd(schedule, momentum=fields["momentum"] or None,
+                           nesterov=fields["nesterov"]))
   elif name in ("adamw", "adam"):
-    parts.append(optax.adamw(schedule, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999),
+    parts.append(optax.adamw(schedule, b1=fields["b1"], b2=fields["b2"],
                              weight_decay=wd if name == "adamw" else 0.0, mask=_decay_mask))
   else:
-    raise ValueError(f"unknown optimizer {name!r}; expected 'sgd', 'adam' or 'adamw'")
+    raise ValueError(f"unknown optimizer {name!r}; expected one of "
+                     f"{', '.join(repr(o) for o in OPTIMIZERS)}")
   return optax.chain(*parts), schedule

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from jaxvision import data
 from jaxvision.data import paths
-from jaxvision.data import pipeline
 from jaxvision.data.builders import cifar
 
 PER_BATCH, TEST_N = 3, 4
@@ -66,7 +66,7 @@ def test_get_dataset_cifar10_from_local_folder(tmp_path, monkeypatch):
   make_folder(tmp_path / "root" / "cifar10")
   monkeypatch.setenv(paths.ENV_VAR, str(tmp_path / "root"))
   monkeypatch.setenv(paths.TFDS_ENV_VAR, str(tmp_path / "tfds"))
-  _, info = pipeline.get_dataset("cifar10")
+  _, info = data.get_dataset("cifar10")
   assert info.num_examples == {"train": 5 * PER_BATCH, "test": TEST_N}
   assert info.image_shape == (32, 32, 3) and info.class_names[0] == "airplane"
   assert info.source.startswith("CIFAR-10 folder ") and info.source.endswith("cifar-10-batches-py")
@@ -77,7 +77,7 @@ def test_incomplete_folder_lists_missing_files(tmp_path):
   os.remove(folder / "data_batch_3")
   os.remove(folder / "batches.meta")
   with pytest.raises(FileNotFoundError, match=r"missing \['data_batch_3', 'batches.meta'\]"):
-    pipeline.get_dataset("cifar10", data_dir=tmp_path / "c")
+    data.get_dataset("cifar10", data_dir=tmp_path / "c")
 
 
 class _Evil:

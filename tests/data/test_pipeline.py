@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from jaxvision.data import paths
-from jaxvision.data import pipeline
+from jaxvision import data
+from jaxvision.data import datasets, paths, pipeline
 from jaxvision.data.builders import idx
 
 TRAIN_N, TEST_N = 70, 13
@@ -36,7 +36,7 @@ def synthetic(tmp_path_factory):
   _write_folder(root / "synth")
   with pytest.MonkeyPatch.context() as mp:
     mp.setenv(paths.TFDS_ENV_VAR, str(root / "tfds"))
-    builder, info = pipeline.get_dataset(f"idx:{root / 'synth'}")
+    builder, info = data.get_dataset(f"idx:{root / 'synth'}")
   return builder, info
 
 
@@ -162,18 +162,18 @@ def test_eval_visits_every_example_once(synthetic):
 def test_unknown_name_and_bad_data_dir(tmp_path, monkeypatch):
   monkeypatch.setenv(paths.TFDS_ENV_VAR, str(tmp_path / "tfds"))
   with pytest.raises(ValueError, match="known: digits, mnist, fashion_mnist, cifar10"):
-    pipeline.get_dataset("imagenet")
+    data.get_dataset("imagenet")
   incomplete = tmp_path / "mnist_copy"
   incomplete.mkdir()
   (incomplete / "train-images-idx3-ubyte.gz").write_bytes(b"")
   with pytest.raises(FileNotFoundError) as e:
-    pipeline.get_dataset("mnist", data_dir=incomplete)
+    data.get_dataset("mnist", data_dir=incomplete)
   assert str(incomplete) in str(e.value)
   for name in ("train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
                "t10k-labels-idx1-ubyte.gz"):
     assert name in str(e.value)
   with pytest.raises(ValueError, match="takes no data_dir"):
-    pipeline.get_dataset("digits", data_dir=incomplete)
+    data.get_dataset("digits", data_dir=incomplete)
 
 
 def test_missing_local_folder_and_failed_catalog(tmp_path, monkeypatch):
@@ -182,9 +182,9 @@ def test_missing_local_folder_and_failed_catalog(tmp_path, monkeypatch):
   def offline(name):
     raise ConnectionError(f"cannot reach the download server for {name}")
 
-  monkeypatch.setattr(pipeline, "_catalog_builder", offline)
+  monkeypatch.setattr(datasets, "_catalog_builder", offline)
   with pytest.raises(FileNotFoundError) as e:
-    pipeline.get_dataset("fashion_mnist")
+    data.get_dataset("fashion_mnist")
   msg = str(e.value)
   assert str(tmp_path / "empty_root" / "fashion-mnist") in msg
   assert "catalog" in msg and "cannot reach the download server" in msg
@@ -193,13 +193,13 @@ def test_missing_local_folder_and_failed_catalog(tmp_path, monkeypatch):
 def test_fashion_names_from_dataset_name(tmp_path, monkeypatch):
   monkeypatch.setenv(paths.TFDS_ENV_VAR, str(tmp_path / "tfds"))
   _write_folder(tmp_path / "some_folder", train_n=10, test_n=3)
-  _, info = pipeline.get_dataset("fashion_mnist", data_dir=tmp_path / "some_folder")
+  _, info = data.get_dataset("fashion_mnist", data_dir=tmp_path / "some_folder")
   assert info.class_names[0] == "T-shirt/top" and info.num_examples == {"train": 10, "test": 3}
 
 
 def test_digits_dataset(tmp_path, monkeypatch):
   monkeypatch.setenv(paths.TFDS_ENV_VAR, str(tmp_path / "tfds"))
-  builder, info = pipeline.get_dataset("digits")
+  builder, info = data.get_dataset("digits")
   assert info.num_examples == {"train": 1437, "test": 360}
   assert info.source == "sklearn digits" and info.image_shape == (8, 8, 1)
   ev = pipeline.make_eval_iterator(builder, info, split="test", global_batch_size=100,
@@ -213,7 +213,7 @@ def test_digits_dataset(tmp_path, monkeypatch):
 
 def test_real_mnist(mnist_dir, tmp_path, monkeypatch):
   monkeypatch.setenv(paths.TFDS_ENV_VAR, str(tmp_path / "tfds"))
-  builder, info = pipeline.get_dataset("mnist")
+  builder, info = data.get_dataset("mnist")
   assert info.num_examples == {"train": 60000, "test": 10000}
   assert info.image_shape == (28, 28, 1) and info.num_classes == 10
   assert info.source == f"IDX folder {mnist_dir}"
@@ -230,7 +230,6 @@ def test_catalog_name_without_local_folder_goes_through_tfds_builder(tmp_path, m
   The network is not reachable here, so ``tfds.builder`` returns TFDS's own ``DummyMnist``
   test builder (same features as the catalog's MNIST-style datasets) prepared in tmp_path.
   """
-  import tensorflow_datasets as tfds
   monkeypatch.setenv("JAXVISION_DATA_DIR", str(tmp_path / "empty"))
   asked = []
 
@@ -238,8 +237,8 @@ def test_catalog_name_without_local_folder_goes_through_tfds_builder(tmp_path, m
     asked.append(name)
     return tfds.testing.DummyMnist(data_dir=str(tmp_path / "tfds"))
 
-  monkeypatch.setattr(pipeline.tfds, "builder", fake_builder)
-  builder, info = pipeline.get_dataset("fashion_mnist")
+  monkeypatch.setattr(tfds, "builder", fake_builder)
+  builder, info = data.get_dataset("fashion_mnist")
   assert asked == ["fashion_mnist"] and info.source == "TFDS catalog fashion_mnist"
   assert info.image_shape == (28, 28, 1) and info.num_classes == 10
   n_test = info.num_examples["test"]

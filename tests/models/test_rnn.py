@@ -7,76 +7,18 @@ import numpy as np
 import pytest
 
 from jaxvision.models import rnn
+from tests.support import np_gru_step, np_lstm_step, np_sigmoid, np_stacked
 
 ATOL = 1e-5
 
 
 # ----------------------------------------------------------------------------- references
-# Flax's cells (flax/linen/recurrent.py): Dense kernels are [in, out];
-#   LSTM: ii/if/ig/io input kernels (no bias), hi/hf/hg/ho recurrent kernels with bias.
-#   GRU:  ir/iz/in input kernels with bias, hr/hz recurrent kernels without bias, hn with bias.
-
-
-def _sigmoid(x):
-  return 1.0 / (1.0 + np.exp(-x))
+# The float64 NumPy cells and StackedRNN (np_lstm_step, np_gru_step, np_stacked) live in
+# tests/support.py, shared with tests/train/test_lstm.py.
 
 
 def _f64(tree):
   return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64), tree)
-
-
-def np_lstm_step(p, carry, x):
-  c, h = carry
-
-  def pre(k):
-    return x @ p['i' + k]['kernel'] + h @ p['h' + k]['kernel'] + p['h' + k]['bias']
-
-  i, f, g, o = _sigmoid(pre('i')), _sigmoid(pre('f')), np.tanh(pre('g')), _sigmoid(pre('o'))
-  c = f * c + i * g
-  h = o * np.tanh(c)
-  return (c, h), h
-
-
-def np_gru_step(p, h, x):
-  r = _sigmoid(x @ p['ir']['kernel'] + p['ir']['bias'] + h @ p['hr']['kernel'])
-  z = _sigmoid(x @ p['iz']['kernel'] + p['iz']['bias'] + h @ p['hz']['kernel'])
-  n = np.tanh(x @ p['in']['kernel'] + p['in']['bias']
-              + r * (h @ p['hn']['kernel'] + p['hn']['bias']))
-  h = (1.0 - z) * n + z * h
-  return h, h
-
-
-NP_STEPS = {'lstm': np_lstm_step, 'gru': np_gru_step}
-
-
-def np_run(cell, p, xs, features):
-  """Runs a cell over xs [T, F] from a zero state; returns (outputs [T, features], last h)."""
-  h = np.zeros(features)
-  carry = (np.zeros(features), h) if cell == 'lstm' else h
-  outs = []
-  for x in xs:
-    carry, y = NP_STEPS[cell](p, carry, x)
-    outs.append(y)
-  return np.stack(outs), outs[-1]
-
-
-def np_stacked(cell, params, xs, length, features, num_layers, bidirectional):
-  """float64 reference of StackedRNN for one sequence xs [T, F] with `length` valid steps.
-
-  Returns (sequence [T, D] with zeros beyond length, last [D]).
-  """
-  x = xs[:length]
-  for i in range(num_layers):
-    if bidirectional:
-      fwd, last_f = np_run(cell, params[f'layer_{i}_forward'], x, features)
-      bwd, last_b = np_run(cell, params[f'layer_{i}_backward'], x[::-1], features)
-      x = np.concatenate([fwd, bwd[::-1]], axis=-1)
-      last = np.concatenate([last_f, last_b])
-    else:
-      x, last = np_run(cell, params[f'layer_{i}'], x, features)
-  seq = np.zeros((xs.shape[0], x.shape[-1]))
-  seq[:length] = x
-  return seq, last
 
 
 def normal(shape, seed, scale=1.0):
@@ -150,8 +92,8 @@ def test_conv_lstm_step_matches_numpy(kernel_size, conv_as_matmul):
   c0, h0 = _f64(carry)
   gates = np_conv_same(np.concatenate([np.float64(x), h0], -1), p['kernel'], p['bias'])
   i, f, g, o = np.split(gates, 4, axis=-1)
-  c_ref = _sigmoid(f + 1.0) * c0 + _sigmoid(i) * np.tanh(g)
-  h_ref = _sigmoid(o) * np.tanh(c_ref)
+  c_ref = np_sigmoid(f + 1.0) * c0 + np_sigmoid(i) * np.tanh(g)
+  h_ref = np_sigmoid(o) * np.tanh(c_ref)
   np.testing.assert_allclose(c, c_ref, atol=ATOL)
   np.testing.assert_allclose(h, h_ref, atol=ATOL)
   np.testing.assert_array_equal(y, h)

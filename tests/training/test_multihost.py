@@ -1,4 +1,8 @@
-"""Two JAX processes over loopback (4 CPU devices each) train like one process with 8."""
+"""Two JAX processes over loopback (4 CPU devices each) train like one process with 8.
+
+The two processes run ``multihost_worker.py`` by path; both sides train with
+``tests.support.train_digits_cnn``.
+"""
 
 import os
 import pathlib
@@ -6,11 +10,10 @@ import socket
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
-from tests.training import multihost_worker
+from tests import support
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -37,9 +40,8 @@ def test_two_processes_match_one_process(tmp_path):
     out, _ = p.communicate(timeout=300)
     assert p.returncode == 0, out[-3000:]
 
-  expected = multihost_worker.run()  # this process: 8 local devices, process_count 1
-  flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(v)
-          for path, v in jax.tree_util.tree_leaves_with_path(expected)}
+  # This process: 8 local devices, process_count 1.
+  flat = support.flat_leaves(support.train_digits_cnn())
   for pid in range(2):
     got = np.load(tmp_path / f"p{pid}.npz")
     assert sorted(got.files) == sorted(flat)

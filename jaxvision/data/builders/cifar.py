@@ -7,10 +7,14 @@ The folder holds ``data_batch_1`` .. ``data_batch_5`` (train, 10000 images each)
 The pickles are read with a restricted unpickler that only rebuilds plain containers and NumPy
 arrays, so a tampered file cannot run code. Features match TFDS's ``cifar10``: ``image`` uint8
 ``[32, 32, 3]`` and ``label`` ``ClassLabel``; splits ``train`` and ``test``.
+
+Registered as the dataset ``cifar10`` (``jaxvision.data.get_dataset``): the folder ``cifar10``
+under the data root or ``data_dir``, else the TFDS catalog ``cifar10``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import pickle
@@ -19,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxvision.data import datasets
 from jaxvision.data.builders import folder as folder_lib
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -122,3 +127,10 @@ class CifarFolder(folder_lib.FolderBuilder):
 # ``cifar_builder(folder, *, class_names=None, data_dir=None)``: ``folder`` is
 # ``cifar-10-batches-py`` or holds it; class names default to those in ``batches.meta``.
 cifar_builder = CifarFolder.from_folder
+
+
+@datasets.register_dataset("cifar10")
+def _resolve_cifar10(name: str, data_dir: str | os.PathLike | None):
+  return datasets.local_or_catalog(
+      name, data_dir, folder_name="cifar10",
+      make_builder=functools.partial(cifar_builder, class_names=CLASS_NAMES))

@@ -10,6 +10,8 @@ Features match TFDS's ``mnist``: ``image`` uint8 ``[8, 8, 1]`` with values
 Splits (deterministic, stratified by label):
 ``train_test_split(indices, test_size=0.2, stratify=target, random_state=0)`` gives
 ``train``: 1437 examples, ``test``: 360 examples.
+
+Registered as the dataset ``digits`` (``jaxvision.data.get_dataset('digits')``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxvision.data import paths
+from jaxvision.data import datasets, paths
 
 CLASS_NAMES = tuple(str(i) for i in range(10))
 IMAGE_SHAPE = (8, 8, 1)
@@ -78,3 +80,10 @@ class Digits(tfds.core.GeneratorBasedBuilder):
 def digits_builder(*, data_dir: str | os.PathLike | None = None) -> Digits:
   """Returns the (not yet prepared) digits builder writing to ``data_dir`` or ``paths.tfds_dir()``."""
   return Digits(data_dir=os.fspath(data_dir or paths.tfds_dir()))
+
+
+@datasets.register_dataset("digits", takes_data_dir=False)
+def _resolve_digits(name: str, data_dir: None):
+  del data_dir  # Rejected by get_dataset: records go to paths.tfds_dir().
+  builder = datasets.prepare(digits_builder())
+  return builder, datasets.info_from_builder(builder, name, "sklearn digits")

@@ -15,10 +15,15 @@ names (see :mod:`jaxvision.data.builders.folder`), so MNIST and Fashion-MNIST pr
 never collide. Features match TFDS's
 ``mnist``: ``image`` uint8 ``[H, W, C]`` (PNG-encoded on disk) and ``label`` ``ClassLabel``.
 Splits: ``train`` (from ``train-*``) and ``test`` (from ``t10k-*``).
+
+Registered datasets (``jaxvision.data.get_dataset``): ``mnist`` and ``fashion_mnist`` (the
+folders ``mnist`` / ``fashion-mnist`` under the data root or ``data_dir``, else the TFDS
+catalog) and ``idx:<folder>`` (any IDX folder).
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import pathlib
@@ -29,6 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow_datasets as tfds
 
+from jaxvision.data import datasets
 from jaxvision.data.builders import folder as folder_lib
 
 SPLIT_FILES = {
@@ -214,3 +220,25 @@ class IdxFolder(folder_lib.FolderBuilder):
 # ``idx_builder(folder, *, class_names=None, data_dir=None)``: class names default to
 # Fashion-MNIST's when the folder name contains 'fashion', else '0'..'9'.
 idx_builder = IdxFolder.from_folder
+
+
+@datasets.register_dataset("mnist")
+def _resolve_mnist(name: str, data_dir: str | os.PathLike | None):
+  return datasets.local_or_catalog(
+      name, data_dir, folder_name="mnist",
+      make_builder=functools.partial(idx_builder, class_names=DIGIT_CLASS_NAMES))
+
+
+@datasets.register_dataset("fashion_mnist")
+def _resolve_fashion_mnist(name: str, data_dir: str | os.PathLike | None):
+  return datasets.local_or_catalog(
+      name, data_dir, folder_name="fashion-mnist",
+      make_builder=functools.partial(idx_builder, class_names=FASHION_MNIST_CLASS_NAMES))
+
+
+@datasets.register_dataset("idx", prefix=True, arg="folder", takes_data_dir=False)
+def _resolve_idx_folder(folder: str, data_dir: None):
+  del data_dir  # Rejected by get_dataset: records go to paths.tfds_dir().
+  builder = datasets.prepare(idx_builder(folder))
+  return builder, datasets.info_from_builder(builder, f"idx:{folder}",
+                                             builder.builder_config.description)
