@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from jaxvision import data
 from jaxvision.data import pipeline
 from jaxvision.data.builders import digits as digits_lib
 from jaxvision.tasks import classification
@@ -201,7 +202,7 @@ def _digits_test_set():
 def test_quality_of_real_test_images_matches_the_classifier(classifier_dir):
   """Real test digits scored as if generated: accuracy as the classifier's own evaluation,
   score as the real reference, distance ~0 to themselves; references from NumPy/SciPy."""
-  builder, info = pipeline.get_dataset("digits")
+  builder, info = data.get_dataset("digits")
   # num_real above both split sizes: the whole train (1437) and test (360) splits.
   evaluator = gan.QualityEvaluator(classifier_dir, builder=builder, info=info, num_real=2000,
                                    batch_size=40)

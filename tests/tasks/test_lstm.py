@@ -6,10 +6,11 @@ import jax
 import numpy as np
 
 from benchmarks import lstm as lstm_bench
+from jaxvision import data
 from jaxvision.data import pipeline
-from tests.models.test_rnn import np_stacked
 from jaxvision.tasks import classification
 from jaxvision.training import trainer
+from tests.support import np_stacked
 from train.configs import mnist_lstm
 
 FEATURES = 8
@@ -45,7 +46,7 @@ def test_mnist_lstm_trains_and_its_accuracy_matches_a_numpy_lstm(tmp_path):
   state = trainer.restore(classification.ClassificationTask(config), tmp_path, "latest").state
   params = jax.tree_util.tree_map(lambda a: np.asarray(a, np.float64),
                                   jax.device_get(state.params))
-  builder, info = pipeline.get_dataset("digits")
+  builder, info = data.get_dataset("digits")
   correct = count = 0
   for batch in pipeline.make_eval_iterator(builder, info, split="test", global_batch_size=120,
                                            pp=config.pp_eval):
