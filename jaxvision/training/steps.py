@@ -1,8 +1,7 @@
-"""Train, eval and predict steps for classifiers, and their compilation over a mesh.
+"""Train, eval and predict steps for classifiers.
 
-The steps are pure functions of ``(state, batch)``; ``jit_train_step``/``jit_eval_step`` jit
-them with the batch sharded over the mesh's ``'data'`` axis, the state replicated (and donated
-by the train step), and the platform's compiler options from ``training.compiler``.
+The steps are pure functions of ``(state, batch)``; ``training.jit.jit_train_step``/
+``jit_eval_step`` compile them over a mesh.
 
 Batch format: ``{'image': float [B, H, W, C], 'label': int32 [B]}`` plus, for evaluation,
 ``'mask': bool [B]`` marking real (not padding) examples.
@@ -16,9 +15,6 @@ import optax
 
 from jaxvision import losses
 from jaxvision.metrics import classification as cls_metrics
-from jaxvision.ops import onednn
-from jaxvision.training.compiler import step_compiler_options
-from jaxvision.training.sharding import batch_sharding, replicated
 
 
 def _variables(state, params=None):
@@ -122,26 +118,3 @@ def make_epoch_step(train_step, *, batch_size: int):
 
   return epoch_step
 
-
-def _traced_for(step, mesh):
-  """``step``, traced with XLA's convolutions when ``mesh`` has several devices.
-
-  ``ops.onednn``'s convolutions are custom calls, which XLA's SPMD partitioner cannot split
-  over a batch-sharded mesh (it would gather the whole batch onto every device).
-  """
-  return step if mesh.devices.size == 1 else onednn.with_xla_convolutions(step)
-
-
-def jit_train_step(train_step, mesh):
-  """``jax.jit`` of ``train_step`` over ``mesh``: batch sharded, state replicated and donated."""
-  return jax.jit(_traced_for(train_step, mesh),
-                 in_shardings=(replicated(mesh), batch_sharding(mesh)),
-                 out_shardings=(replicated(mesh), replicated(mesh)), donate_argnums=(0,),
-                 compiler_options=step_compiler_options(mesh))
-
-
-def jit_eval_step(eval_step, mesh):
-  """``jax.jit`` of an eval/predict step over ``mesh`` (nothing donated)."""
-  return jax.jit(_traced_for(eval_step, mesh),
-                 in_shardings=(replicated(mesh), batch_sharding(mesh)),
-                 out_shardings=replicated(mesh), compiler_options=step_compiler_options(mesh))
