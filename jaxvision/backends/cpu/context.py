@@ -35,10 +35,13 @@ def enabled(onednn: bool = True):
     onednn: also run 2-D float32 convolutions on oneDNN where it is available (pass the
       result of :func:`use_onednn` to apply the library's rule for meshes and exports).
 
-  Only traces made inside the block are affected; blocks nest (the innermost wins).
+  Only traces made inside the block are affected. Blocks nest; an inner block cannot turn
+  oneDNN back on once an outer one turned it off (so ``enabled(onednn=False)`` around a step
+  jitted by ``training.jit`` traces it with XLA's convolutions, e.g. to count its FLOPs).
   """
   previous = getattr(_state, "config", None)
-  _state.config = {"onednn": bool(onednn)}
+  outer = True if previous is None else previous["onednn"]
+  _state.config = {"onednn": bool(onednn) and outer}
   try:
     yield
   finally:
