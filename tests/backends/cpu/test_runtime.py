@@ -1,11 +1,11 @@
 """Host defaults for XLA:CPU (``backends.cpu.configure_runtime``), each checked in a fresh
 interpreter.
 
-The defaults only take effect before JAX creates its CPU client, so every case runs in its
-own subprocess with a controlled environment, calling ``configure_runtime()`` explicitly (as
-``train/main.py`` and the benchmarks do; importing jaxvision sets nothing). The effect that matters is measured directly:
-minor page faults of repeated calls whose 64 MB output buffer is freed in between (median
-over 5 calls after 4 warm-up calls).
+The defaults only take effect before JAX creates its CPU client, so every case runs in its own
+subprocess with a controlled environment, calling ``configure_runtime()`` explicitly (as
+``train/main.py`` and the benchmarks do; importing jaxvision sets nothing). The effect that
+matters is measured directly: minor page faults of repeated calls whose 64 MB output buffer is
+freed in between (median over 5 calls after 4 warm-up calls).
 """
 
 import json
@@ -60,7 +60,8 @@ def probe(before: str = "", configure: bool = True, **env) -> dict:
                        "MALLOC_MMAP_THRESHOLD_", "GLIBC_TUNABLES")}
   full.update(env, JAX_PLATFORMS="cpu", XLA_FLAGS="",
               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-  out = subprocess.run([sys.executable, "-c", PROBE.format(before=before, configure=configure)], env=full,
+  script = PROBE.format(before=before, configure=configure)
+  out = subprocess.run([sys.executable, "-c", script], env=full,
                        capture_output=True, text=True, timeout=300, cwd=REPO)
   assert out.returncode == 0, out.stderr[-3000:]
   return json.loads(out.stdout.strip().splitlines()[-1])
