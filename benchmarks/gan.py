@@ -7,7 +7,8 @@ Usage::
 Ours: the plain ``mnist_dcgan`` config's (``mnist_dcgan.py:plain``, without the cluster
 conditioning of the default) generator and spectrally normalised discriminator (hinge
 loss, Adam 2e-4 with beta1 0.5 for both networks), updated by the trainer's own step
-(``training.gan.make_gan_step`` compiled with ``steps.jit_train_step`` on a one-device mesh):
+(``tasks.gan.steps.make_train_step`` compiled with ``training.jit.jit_train_step(...,
+onednn=False)`` on a one-device mesh):
 one generator forward pass, the discriminator update on the real and the fake batch, and the
 generator update through the updated discriminator. The generator EMA is off on both sides
 (``--ema`` turns ours on).
@@ -55,8 +56,9 @@ import numpy as np  # noqa: E402
 
 from benchmarks import keras_peers, timing  # noqa: E402
 from jaxvision.models.gan import LEAKY_RELU_SLOPE  # noqa: E402
-from jaxvision.training import gan as gan_lib, loop, sharding, steps as steps_lib  # noqa: E402
-from train import gan as gan_trainer  # noqa: E402
+from jaxvision.backends import cpu  # noqa: E402
+from jaxvision.tasks.gan import steps as gan_lib, task as gan_task  # noqa: E402
+from jaxvision.training import jit, sharding, trainer  # noqa: E402
 from train.configs import mnist_dcgan  # noqa: E402
 
 IMAGE_SHAPE = (28, 28, 1)
@@ -92,18 +94,19 @@ class JaxGANRunner:
       cfg.ema_decay = 0.0
     mesh = sharding.make_mesh(1)
     # The trainer's own builders: models, optimizers and replicated state from the config.
-    generator, discriminator = gan_trainer.create_models(cfg, IMAGE_SHAPE, num_classes=10)
-    self.state = gan_trainer.create_state(cfg, generator, discriminator, IMAGE_SHAPE, 10_000,
+    generator, discriminator = gan_task.create_models(cfg, IMAGE_SHAPE, num_classes=10)
+    self.state = gan_task.create_state(cfg, generator, discriminator, IMAGE_SHAPE, 10_000,
                                           mesh)
     self.params = (_num_params(self.state.g_params), _num_params(self.state.d_params))
     def make_step():
-      return steps_lib.jit_train_step(
-          gan_lib.make_gan_step(generator, discriminator, loss=cfg.loss,
-                                ema_decay=cfg.ema_decay, fake_labels=cfg.fake_labels), mesh)
+      return jit.jit_train_step(
+          gan_lib.make_train_step(generator, discriminator, loss=cfg.loss,
+                                ema_decay=cfg.ema_decay, fake_labels=cfg.fake_labels), mesh,
+          onednn=False)
 
     host_batch = {"image": self.images, "label": np.zeros(len(self.images), np.int32)}
     self.batch = sharding.shard_batch(host_batch, mesh)
-    self.compiled, compile_s = loop.compile_step(make_step(), self.state, host_batch, mesh)
+    self.compiled, compile_s = trainer.compile_step(make_step(), self.state, host_batch, mesh)
     self.device = timing.describe_device(mesh.devices.flat[0])
     for _ in range(WARMUP):
       self.run(1)
@@ -308,6 +311,7 @@ def print_table(records: list[dict]) -> None:
 
 
 def main(argv=None) -> list[dict]:
+  cpu.configure_runtime()  # Before anything creates JAX's backends.
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--steps", type=int, default=10, help="steps per timed round")

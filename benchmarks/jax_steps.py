@@ -1,10 +1,10 @@
 """Runners that time the library's own compiled steps (the trainer's default path).
 
-The train step is ``steps.jit_train_step(steps.make_train_step(), mesh)``, lowered and compiled
+The train step is ``jit.jit_train_step(steps.make_train_step(), mesh)``, lowered and compiled
 ahead of time exactly as ``train/classification.py`` does, with the state created by
 ``state.create_train_state`` and the optimizer by ``optim.make_optimizer``. The eval step is
-``steps.jit_eval_step(steps.make_eval_step(K), mesh)`` and the predict step
-``steps.jit_eval_step(steps.predict_step, mesh)``. Batches are random tensors of the right
+``jit.jit_eval_step(steps.make_eval_step(K), mesh)`` and the predict step
+``jit.jit_eval_step(steps.predict_step, mesh)``. Batches are random tensors of the right
 shapes placed on the mesh once (the figures are throughput, not accuracy).
 """
 
@@ -16,7 +16,8 @@ import numpy as np
 
 from benchmarks import timing
 from benchmarks.specs import ModelSpec
-from jaxvision.training import optim, sharding, state as state_lib, steps
+from jaxvision.tasks import classification as steps
+from jaxvision.training import jit, optim, sharding, state as state_lib
 
 STEP_KINDS = ("train", "eval", "predict")
 
@@ -58,10 +59,10 @@ class JaxStepRunner:
   def _step_fn(self):
     """A freshly made jitted step (a new function, so it is traced again)."""
     if self.step == "train":
-      return steps.jit_train_step(steps.make_train_step(), self.mesh)
+      return jit.jit_train_step(steps.make_train_step(), self.mesh)
     if self.step == "eval":
-      return steps.jit_eval_step(steps.make_eval_step(self.spec.num_classes), self.mesh)
-    return steps.jit_eval_step(steps.predict_step, self.mesh)
+      return jit.jit_eval_step(steps.make_eval_step(self.spec.num_classes), self.mesh)
+    return jit.jit_eval_step(steps.predict_step, self.mesh)
 
   def setup(self) -> dict:
     spec, mesh = self.spec, self.mesh

@@ -7,7 +7,7 @@ Usage::
 Ours: ``RowLSTMClassifier`` with the ``mnist_lstm`` config's size (2 bidirectional layers of 128
 units, last-state pooling, ``unroll`` from the config; dropout off so both sides compute the same
 thing), trained by the same jitted step the classification trainer uses
-(``steps.make_train_step`` + ``steps.jit_train_step`` on a one-device mesh) with Adam.
+(``tasks.classification.make_train_step`` + ``training.jit.jit_train_step`` on a one-device mesh) with Adam.
 
 Peer, in the same process on the same random batch: a Keras model with the same layers and
 parameter count (``Bidirectional(LSTM(128, return_sequences=True))``, ``Bidirectional(LSTM(128))``,
@@ -49,7 +49,9 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from jaxvision import models  # noqa: E402
-from jaxvision.training import sharding, state as state_lib, steps as steps_lib  # noqa: E402
+from jaxvision.backends import cpu  # noqa: E402
+from jaxvision.tasks import classification  # noqa: E402
+from jaxvision.training import jit, sharding, state as state_lib  # noqa: E402
 from train.configs import mnist_lstm  # noqa: E402
 
 NUM_CLASSES = 10
@@ -116,7 +118,7 @@ def bench_jax(settings: dict, data: dict, steps: int, repeats: int,
                                        rng=jax.random.PRNGKey(0), mesh=mesh)
   batch = sharding.shard_batch(data, mesh)
   start = time.perf_counter()
-  step = steps_lib.jit_train_step(steps_lib.make_train_step(), mesh).lower(state, batch).compile()
+  step = jit.jit_train_step(classification.make_train_step(), mesh).lower(state, batch).compile()
   compile_s = time.perf_counter() - start
   holder = {"state": state}
 
@@ -275,6 +277,7 @@ def print_table(records: list[dict]) -> None:
 
 
 def main(argv=None) -> list[dict]:
+  cpu.configure_runtime()  # Before anything creates JAX's backends.
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--batch", type=int, default=128)
   parser.add_argument("--steps", type=int, default=20, help="steps per timed repeat")

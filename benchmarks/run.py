@@ -41,6 +41,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from benchmarks import jax_steps, timing  # noqa: E402
 from benchmarks.specs import SPECS, get_spec  # noqa: E402
+from jaxvision.backends import cpu  # noqa: E402
 from jaxvision.training import sharding  # noqa: E402
 
 DEFAULT_MODELS = ("simple_cnn", "lenet5", "resnet18_cifar", "resnet50")
@@ -69,8 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--peak-n", type=int, default=None,
                  help="matmul size for the peak FLOP/s (default 2048 on CPU, 8192 otherwise)")
   p.add_argument("--cpu-async-dispatch", action="store_true",
-                 help="restore JAX's asynchronous CPU dispatch, which importing "
-                      "jaxvision.training turns off (training.cpu_runtime): for before/after runs")
+                 help="restore JAX's asynchronous CPU dispatch, which "
+                      "backends.cpu.configure_runtime() turns off: for before/after runs")
   p.add_argument("--out", required=True, help="JSON file to write")
   args = p.parse_args(argv)
   for name in args.models:
@@ -192,7 +193,8 @@ def format_row(r: dict) -> str:
 
 def main(argv=None) -> dict:
   args = parse_args(argv)
-  if args.cpu_async_dispatch:  # Before anything creates JAX's backends.
+  cpu.configure_runtime()  # Before anything creates JAX's backends.
+  if args.cpu_async_dispatch:
     jax.config.update("jax_cpu_enable_async_dispatch", True)
   env = timing.environment()
   mesh = sharding.make_mesh(args.num_devices)

@@ -9,8 +9,8 @@ dense layer) trained by the library's train step (``steps.make_train_step``) wit
 one-cycle learning-rate schedule (``optim.make_optimizer``), no augmentation, no dropout.
 The 60k training images and 10k test images are put on the device once, normalised there.
 An epoch is ``steps.make_epoch_step``: one ``lax.scan`` over the batches of an on-device
-permutation, jitted once with the library's XLA options (``training.compiler``) and the
-state donated; the test set is scored by one jitted ``lax.map`` over chunks.
+permutation, jitted once by ``training.jit.jit_step`` (the CPU backend and its XLA options) with
+the state donated; the test set is scored by one jitted ``lax.map`` over chunks.
 
 Timing, per seed (``--seeds`` seeds, each with its own init and shuffles):
 
@@ -43,8 +43,10 @@ import numpy as np
 
 from benchmarks import timing
 from jaxvision import models
+from jaxvision.backends import cpu
 from jaxvision.data import get_dataset, paths, pipeline
-from jaxvision.training import compiler, sharding, state as state_lib, steps as steps_lib
+from jaxvision.tasks import classification
+from jaxvision.training import jit, sharding, state as state_lib
 from jaxvision.training import optim
 
 # MNIST train-set pixel mean and standard deviation (of values in [0, 1]).
@@ -118,11 +120,10 @@ def run(args: argparse.Namespace) -> dict:
     return state_lib.create_train_state(model, tx, input_shape=(28, 28, 1),
                                         rng=jax.random.PRNGKey(seed))
 
-  options = compiler.step_compiler_options(mesh)
-  epoch_step = jax.jit(steps_lib.make_epoch_step(steps_lib.make_train_step(),
-                                                 batch_size=args.batch),
-                       donate_argnums=(0,), compiler_options=options)
-  evaluate = jax.jit(make_evaluate(model.apply), compiler_options=options)
+  epoch_step = jit.jit_step(classification.make_epoch_step(classification.make_train_step(),
+                                                      batch_size=args.batch),
+                            mesh, donate_argnums=(0,))
+  evaluate = jit.jit_step(make_evaluate(model.apply), mesh)
 
   state = init(0)
   key = jax.random.PRNGKey(0)
@@ -183,6 +184,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
+  cpu.configure_runtime()  # Before anything creates JAX's backends.
   if min(args.seeds, args.epochs, args.batch, args.train_examples or args.batch) < 1:
     print(f"error: --seeds, --epochs, --batch and --train-examples must be positive, got "
           f"{args.seeds}, {args.epochs}, {args.batch}, {args.train_examples}", file=sys.stderr)

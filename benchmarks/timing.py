@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxvision.ops import onednn
+from jaxvision.backends import cpu
 
 
 def summarize(seconds_per_step: Sequence[float]) -> dict:
@@ -70,13 +70,14 @@ def xla_cost_flops(compiled, lower) -> float | None:
   """:func:`cost_flops` of ``compiled``, counting convolutions that run on oneDNN.
 
   XLA's cost analysis does not look into custom calls, so where ``compiled`` calls
-  ``ops.onednn``'s convolutions the same step is traced again with XLA's (``lower()`` must
-  return a fresh ``jax.stages.Lowered`` of it) and that program's FLOPs are returned.
+  oneDNN's convolutions the same step is traced again with XLA's, inside
+  ``backends.cpu.enabled(onednn=False)`` (``lower()`` must return a fresh
+  ``jax.stages.Lowered`` of it), and that program's FLOPs are returned.
   """
   text = compiled.as_text()
-  if not any(target in text for target in onednn.TARGETS.values()):
+  if not any(target in text for target in cpu.onednn.TARGETS.values()):
     return cost_flops(compiled)
-  with onednn.disabled():
+  with cpu.enabled(onednn=False):
     return cost_flops(lower().compile())
 
 
@@ -175,10 +176,10 @@ def environment() -> dict:
       "device": describe_device(device),
       "device_count": jax.device_count(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      # training.cpu_runtime turns it off at import; benchmarks.run --cpu-async-dispatch back on.
+      # backends.cpu.configure_runtime() turns it off; benchmarks.run --cpu-async-dispatch back on.
       "jax_cpu_enable_async_dispatch": bool(jax.config.read("jax_cpu_enable_async_dispatch")),
-      # ops.onednn: whether CPU convolutions run on oneDNN, and why not where they do not.
-      "onednn_convolutions": onednn.active(),
-      "onednn_unavailable": onednn.unavailable_reason(),
+      # Whether one-device CPU steps run their convolutions on oneDNN, and why not if not.
+      "onednn_convolutions": cpu.use_onednn(None, requested=True) and cpu.onednn.available(),
+      "onednn_unavailable": cpu.onednn.unavailable_reason(),
       "versions": versions(),
   }

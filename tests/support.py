@@ -108,7 +108,8 @@ def train_digits_cnn(num_steps: int = 4):
   # Imported here, not at the top: conftest imports this module before any test runs.
   import jax
   from jaxvision import data, models
-  from jaxvision.training import optim, sharding, state as state_lib, steps
+  from jaxvision.tasks import classification
+  from jaxvision.training import jit, optim, sharding, state as state_lib
 
   builder, info = data.get_dataset("digits")
   mesh = sharding.make_mesh()
@@ -118,7 +119,7 @@ def train_digits_cnn(num_steps: int = 4):
   state = state_lib.create_train_state(models.SimpleCNN(num_classes=10, dropout_rate=0.2), tx,
                                        input_shape=(16, 16, 1), rng=jax.random.PRNGKey(0),
                                        mesh=mesh)
-  step = steps.jit_train_step(steps.make_train_step(), mesh)
+  step = jit.jit_train_step(classification.make_train_step(), mesh)
   for _ in range(num_steps):
     state, _ = step(state, sharding.shard_batch(next(it), mesh))
   return jax.device_get(state.params)

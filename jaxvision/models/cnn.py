@@ -24,8 +24,8 @@ from typing import Any, Callable, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxvision.models.layers import Conv, ConvMaxPool
-from jaxvision.ops.pooling import check_image_batch, global_average_pool, max_pool
+from jaxvision.models.layers import (Conv, ConvMaxPool, check_image_batch, global_average_pool,
+                                     max_pool)
 
 Dtype = Any
 ModuleDef = Any
@@ -221,8 +221,8 @@ class ResNet(nn.Module):
     check_image_batch(x, "ResNet")
     if self.stem not in ("imagenet", "cifar"):
       raise ValueError(f"ResNet stem must be 'imagenet' or 'cifar'; found {self.stem!r}")
-    # layers.Conv: on CPU its strided convolutions' input gradients skip the stride's zeros
-    # (ResNet-18 CIFAR train step, batch 128, 2-core CPU: 1984 vs 2089 ms, 2 runs each).
+    # layers.Conv: in the CPU backend its strided convolutions' input gradients skip the
+    # stride's zeros (ResNet-18 CIFAR figures: benchmarks/RESULTS.md).
     conv = functools.partial(Conv, use_bias=False, dtype=self.dtype, padding="SAME")
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
                              epsilon=1e-5, dtype=self.dtype)

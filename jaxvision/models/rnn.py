@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxvision import ops
+from jaxvision.models import layers
 from jaxvision.models.layers import Conv
 
 Array = jax.Array
@@ -243,10 +243,10 @@ class SameConv2D(nn.Module):
 
   With ``as_matmul=True`` the convolution is computed as one matmul of the ``kh * kw`` shifted
   copies of the input (im2col) with the reshaped kernel: the same numbers. ``as_matmul=False``
-  uses ``ops.conv_general_dilated`` (e.g. cuDNN on GPU), whose gradients stay fast inside a
-  ``scan`` on XLA:CPU (``lax``'s own kernel gradient there is ~25x slower, jax-ml/jax#12868).
-  On the 2-core CPU the matmul form measured 950 vs 1046 ms per ``ConvLSTMForecaster`` train
-  step (batch 16, 10+10 frames of 64x64, median of 6 interleaved rounds), hence the default.
+  uses ``layers.conv_general_dilated`` (e.g. cuDNN on GPU), whose CPU-backend gradients stay
+  fast inside a ``scan`` on XLA:CPU (``lax``'s own kernel gradient there is much slower,
+  jax-ml/jax#12868). On CPU the matmul form measured faster per ``ConvLSTMForecaster`` train
+  step (``benchmarks/RESULTS.md``), hence the default.
   """
 
   features: int
@@ -273,8 +273,8 @@ class SameConv2D(nn.Module):
                                  for dy in range(kh) for dx in range(kw)], axis=-1)
       y = patches @ kernel.reshape(kh * kw * channels, self.features)
     else:
-      y = ops.conv_general_dilated(z, kernel, (1, 1), 'SAME',
-                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      y = layers.conv_general_dilated(z, kernel, (1, 1), 'SAME',
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
     return (y + bias).reshape(*batch_shape, height, width, self.features)
 
 
@@ -296,7 +296,8 @@ class ConvLSTMCell(nn.RNNCellBase):
     forget_bias: constant added to the forget-gate pre-activation (1.0 keeps memory early
       in training).
     conv_as_matmul: compute the gate convolution as an im2col matmul (see ``SameConv2D``;
-      about 10% faster to train on CPU); False uses ``ops.conv_general_dilated``.
+      faster to train on CPU, ``benchmarks/RESULTS.md``); False uses
+      ``layers.conv_general_dilated``.
     dtype: computation dtype; ``param_dtype`` the parameter dtype.
   """
 

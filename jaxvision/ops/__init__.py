@@ -1,12 +1,9 @@
-"""jaxvision.ops: static-shape detection ops in pure ``jnp`` (no Flax), ``conv_general_dilated``
-(a convolution whose gradients stay fast inside loops on XLA:CPU), ``conv_transpose`` (a
-transposed convolution in sub-pixel form, without the dilated zeros; see ``ops.conv``), and
-``max_pool``/``conv_max_pool`` (max pooling with cheap gradients) and ``global_average_pool``
-(see ``ops.pooling``). On CPU, ``ops.conv``'s 2-D float32 convolutions run on oneDNN
-through XLA FFI where it is available (``ops.onednn``).
+"""jaxvision.ops: static-shape detection ops in pure ``jnp`` (no Flax).
 
-Boxes are ``xyxy`` in pixels unless a name says otherwise. Every op keeps shapes static
-(padded arrays plus masks or counts) and works under ``jax.jit`` and ``jax.vmap``.
+Boxes, NMS, RoI Align, anchors, the box coder, the matcher and the balanced sampler. Boxes are
+``xyxy`` in pixels unless a name says otherwise. Every op keeps shapes static (padded arrays
+plus masks or counts) and works under ``jax.jit`` and ``jax.vmap``. (Convolution and pooling
+for models: ``jaxvision.models.layers``.)
 """
 
 from jaxvision.ops.anchors import cell_anchors
@@ -22,14 +19,12 @@ from jaxvision.ops.boxes import box_iou
 from jaxvision.ops.boxes import clip_boxes
 from jaxvision.ops.boxes import generalized_box_iou
 from jaxvision.ops.boxes import small_box_mask
-from jaxvision.ops.conv import conv_general_dilated, conv_transpose
 from jaxvision.ops.matcher import BELOW_LOW_THRESHOLD
 from jaxvision.ops.matcher import BETWEEN_THRESHOLDS
 from jaxvision.ops.matcher import match
 from jaxvision.ops.matcher import match_boxes
 from jaxvision.ops.nms import batched_nms
 from jaxvision.ops.nms import nms
-from jaxvision.ops.pooling import conv_max_pool, global_average_pool, max_pool
 from jaxvision.ops.roi_align import assign_fpn_levels
 from jaxvision.ops.roi_align import multilevel_roi_align
 from jaxvision.ops.roi_align import roi_align
@@ -49,15 +44,12 @@ __all__ = [
     "box_iou",
     "cell_anchors",
     "clip_boxes",
-    "conv_max_pool",
     "decode_boxes",
     "encode_boxes",
     "generalized_box_iou",
     "generate_anchors",
-    "global_average_pool",
     "match",
     "match_boxes",
-    "max_pool",
     "multilevel_roi_align",
     "nms",
     "num_anchors_per_location",

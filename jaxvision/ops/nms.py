@@ -65,8 +65,8 @@ def _iou_row(coords: Array, areas: Array, j: Array) -> Array:
 def _first_max(key: Array) -> Array:
   """Index of the first maximum of [N] ``key`` (int32 scalar).
 
-  Same as ``argmax`` but a max plus an int min: plain reductions, together about 2.5x faster on
-  XLA:CPU inside the loop than argmax's variadic (value, index) reduction.
+  Same as ``argmax`` but a max plus an int min: plain reductions, together faster on XLA:CPU
+  inside the loop than argmax's variadic (value, index) reduction (``benchmarks/RESULTS.md``).
   """
   n = key.shape[0]
   iota = jnp.arange(n, dtype=jnp.int32)

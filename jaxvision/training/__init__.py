@@ -1,9 +1,26 @@
-"""jaxvision.training.
+"""jaxvision.training: train state, optimizers, meshes, checkpoints and step compilation.
 
-Importing it applies the library's XLA:CPU host defaults (``cpu_runtime.configure``) while
-JAX's backends are still uncreated: import jaxvision before running JAX computations.
+Importing it changes no process-wide state. A program training on CPU applies the library's
+runtime defaults explicitly, before any JAX computation:
+``jaxvision.backends.cpu.configure_runtime()``.
 """
 
-from jaxvision.training import cpu_runtime as _cpu_runtime
+from jaxvision.training.checkpoint import CheckpointMismatchError, Checkpointer
+from jaxvision.training.jit import jit_eval_step, jit_step, jit_train_step
+from jaxvision.training.optim import make_optimizer, make_schedule
+from jaxvision.training.sharding import make_mesh, shard_batch
+from jaxvision.training.state import TrainState, create_train_state
 
-_cpu_runtime.configure()
+__all__ = [
+    "CheckpointMismatchError",
+    "Checkpointer",
+    "TrainState",
+    "create_train_state",
+    "jit_eval_step",
+    "jit_step",
+    "jit_train_step",
+    "make_mesh",
+    "make_optimizer",
+    "make_schedule",
+    "shard_batch",
+]

@@ -31,14 +31,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import jax.numpy as jnp
 import ml_collections
 
-if TYPE_CHECKING:
-  from jaxvision.training.trainer import Run
-
+# ``Run`` below is ``jaxvision.training.trainer.Run`` (the open run: workdir, mesh,
+# checkpointer, writer, start and total steps, ``replace_batches``).
+Run = Any
 Batch = Mapping[str, Any]
 
 

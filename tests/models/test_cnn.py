@@ -1,7 +1,6 @@
 """CNN classifiers: shapes, parameter counts, and outputs against Keras with the same weights."""
 
 import os
-import re
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
@@ -10,8 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxvision import models, ops
-from jaxvision.training import compiler, sharding
+from jaxvision import models
 
 
 def _init(model, shape, seed=0):
@@ -152,20 +150,3 @@ def test_lenet_matches_keras_with_same_weights():
   logits, _ = model.apply({"params": params}, x, train=False)
   np.testing.assert_allclose(np.asarray(logits), kmodel(x).numpy(), rtol=1e-4, atol=1e-5)
 
-
-def test_resnet_eval_keeps_convolutions_out_of_ynn_fusions():
-  # XLA:CPU hands a reduction to YNNPACK together with the chain feeding it; a spatial-mean
-  # reduction after the last stage took 7 of ResNet-18's convolutions into one slow YNNPACK
-  # fusion. ops.global_average_pool avoids that (a dot); this checks the compiled program
-  # with XLA's convolutions (where ops.onednn runs them, none are left in the program).
-  model = models.ResNet18(num_classes=10, stem="cifar")
-  x = jnp.zeros((8, 32, 32, 3))
-  variables = _init(model, x.shape)
-  options = compiler.step_compiler_options(sharding.make_mesh(1))
-  with ops.onednn.disabled():
-    text = jax.jit(lambda v, x: model.apply(v, x, train=False)[0],
-                   compiler_options=options).lower(variables, x).compile().as_text()
-  assert text.count("convolution(") >= 20  # the model's convolutions are in the program
-  for name in re.findall(r"calls=(%[\w.\-]+)[^\n]*__ynn_fusion", text):
-    body = re.search(re.escape(name) + r" \([^\n]*\{\n(.*?)\n\}", text, re.S).group(1)
-    assert "convolution(" not in body, name

@@ -8,8 +8,8 @@ params. :func:`create_gan_state` builds it directly replicated on a mesh.
 
 :func:`make_train_step` returns ``step(state, batch) -> (state, metrics)``; compile it with
 ``jaxvision.training.jit.jit_train_step(step, mesh, onednn=False)`` (batch sharded over
-``'data'``, state replicated and donated; the GAN keeps XLA's convolutions on CPU, which
-measured faster for DCGAN, see ``benchmarks/RESULTS.md``). One step, with randomness from ``fold_in(state.rng, state.step)``:
+``'data'``, state replicated and donated; ``onednn=False``: XLA's convolutions, measured
+faster for DCGAN). One step, with randomness from ``fold_in(state.rng, state.step)``:
 
 1. The generator maps ``z ~ N(0, I)`` (and, if conditional, labels) to a fake batch in
    training mode (its BatchNorm uses batch statistics and updates its running averages).
@@ -46,7 +46,7 @@ import optax
 from flax import struct
 
 from jaxvision import losses
-from jaxvision.ops import onednn
+from jaxvision.training.jit import jit_step
 from jaxvision.training.sharding import batch_sharding, replicated
 
 FAKE_LABEL_MODES = ("random", "batch")
@@ -273,6 +273,8 @@ def make_train_step(generator: nn.Module, discriminator: nn.Module, *,
     }
     return new_state, metrics
 
+  # Callers jit it with jit_train_step(..., onednn=False): DCGAN's step was measured faster
+  # with XLA's convolutions than with oneDNN's (benchmarks/RESULTS.md).
   return step
 
 
@@ -331,16 +333,16 @@ def make_sample_fn(generator: nn.Module, mesh=None) -> Callable[..., jax.Array]:
   """
   num_classes = getattr(generator, "num_classes", None)
 
-  # As the GAN step (make_train_step): on CPU, DCGAN's transposed convolutions run their
-  # forward pass faster on XLA's convolutions than on ops.onednn's.
-  @onednn.with_xla_convolutions
   def sample(variables, z, *labels):
     return generator.apply(variables, z, *labels, train=False)
 
+  # As the GAN step (make_train_step): on CPU, DCGAN's transposed convolutions run their
+  # forward pass faster on XLA's convolutions than on oneDNN's.
   if mesh is None:
-    return jax.jit(sample)
+    return jit_step(sample, None, onednn=False)
   inputs = (replicated(mesh),) + (batch_sharding(mesh),) * (1 if num_classes is None else 2)
-  return jax.jit(sample, in_shardings=inputs, out_shardings=replicated(mesh))
+  return jit_step(sample, mesh, in_shardings=inputs, out_shardings=replicated(mesh),
+                  onednn=False)
 
 
 def slerp(z0, z1, t) -> np.ndarray:

@@ -18,7 +18,7 @@ Running the same command with the same workdir resumes from the latest checkpoin
 
 Self-conditioning (``config.self_condition.num_clusters = K > 0``; Liu et al. 2020): the
 conditional pair is trained on K "classes" that are k-means clusters of the discriminator's
-features of the training images (``jaxvision.training.clustering``), computed before the first
+features of the training images (``jaxvision.tasks.gan.clustering``), computed before the first
 step and again every ``recluster_every_steps`` (never again when it is 0); no dataset label
 is used. The cluster id of every training example is part of the checkpointed state; generated
 images get ids drawn from the empirical cluster distribution, and quality is measured as for

@@ -10,7 +10,8 @@ import pytest
 
 from jaxvision import losses
 from jaxvision.models import gan
-from jaxvision.training import gan as gan_lib, sharding, steps
+from jaxvision.tasks.gan import steps as gan_lib
+from jaxvision.training import jit, sharding
 
 SHAPE = (16, 16, 1)
 LATENT = 16
@@ -40,8 +41,9 @@ def _run(num_devices, batches, *, conditional=False, ema_decay=0.999, tx=None, *
   state = gan_lib.create_gan_state(generator, discriminator, tx, tx, image_shape=SHAPE,
                                    rng=jax.random.PRNGKey(0), ema=ema_decay > 0, mesh=mesh)
   init = jax.device_get(state)
-  step = steps.jit_train_step(
-      gan_lib.make_gan_step(generator, discriminator, ema_decay=ema_decay, **step_kwargs), mesh)
+  step = jit.jit_train_step(
+      gan_lib.make_train_step(generator, discriminator, ema_decay=ema_decay, **step_kwargs), mesh,
+      onednn=False)
   states, metrics = [], []
   for b in batches:
     state, m = step(state, sharding.shard_batch(b, mesh))
@@ -151,14 +153,14 @@ def test_bad_configurations_are_clear_errors():
   g, _ = _models(True)
   _, d = _models(False)
   with pytest.raises(ValueError, match="both be unconditional or both conditional"):
-    gan_lib.make_gan_step(g, d)
+    gan_lib.make_train_step(g, d)
   g, d = _models(False)
   with pytest.raises(ValueError, match="fake_labels must be one of"):
-    gan_lib.make_gan_step(g, d, fake_labels="shuffled")
+    gan_lib.make_train_step(g, d, fake_labels="shuffled")
   with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\)"):
-    gan_lib.make_gan_step(g, d, ema_decay=1.0)
+    gan_lib.make_train_step(g, d, ema_decay=1.0)
   with pytest.raises(ValueError, match="unknown GAN loss 'wgan'"):
-    gan_lib.make_gan_step(g, d, loss="wgan")
+    gan_lib.make_train_step(g, d, loss="wgan")
 
 
 def test_slerp_against_numpy():
@@ -210,7 +212,7 @@ def test_random_fake_labels_are_drawn_from_the_pseudo_label_pool():
   assert state.pseudo_labels is None
 
   random_step, batch_step = (
-      jax.jit(gan_lib.make_gan_step(generator, discriminator, fake_labels=mode))
+      jax.jit(gan_lib.make_train_step(generator, discriminator, fake_labels=mode))
       for mode in ("random", "batch"))
 
   def pooled(cluster):
@@ -226,13 +228,14 @@ def test_random_fake_labels_are_drawn_from_the_pseudo_label_pool():
 
 def test_gan_step_and_sampler_keep_xla_convolutions():
   # Measured faster for DCGAN on CPU (benchmarks/RESULTS.md): the GAN step and the sampler
-  # are traced with XLA's convolutions even where ops.onednn is active for classifiers.
+  # are jitted with onednn=False (make_train_step's documented use; make_sample_fn does it).
   mesh = sharding.make_mesh(1)
   generator, discriminator = _models(False)
   tx = optax.adam(2e-4, b1=0.5)
   state = gan_lib.create_gan_state(generator, discriminator, tx, tx, image_shape=SHAPE,
                                    rng=jax.random.PRNGKey(0), ema=False, mesh=mesh)
-  step = steps.jit_train_step(gan_lib.make_gan_step(generator, discriminator), mesh)
+  step = jit.jit_train_step(gan_lib.make_train_step(generator, discriminator), mesh,
+                            onednn=False)
   text = step.lower(state, sharding.shard_batch(_batches(1)[0], mesh)).as_text()
   assert "stablehlo.convolution" in text and "JvConv" not in text
   sample = gan_lib.make_sample_fn(generator)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jaxvision.training import clustering
+from jaxvision.tasks.gan import clustering
 
 
 def _blobs(num_clusters=6, per_cluster=50, dims=40, seed=0):

@@ -1,29 +1,34 @@
-"""Host defaults for XLA:CPU that the library sets, once, when the user has not.
+"""Host defaults for XLA:CPU, applied by an explicit call: :func:`configure_runtime`.
 
-XLA:CPU takes each call's temporary buffers (970 MB for a ResNet-18 CIFAR train step at
-batch 128) from ``malloc`` and frees them when the call ends. glibc serves blocks that large
+Importing jaxvision changes no process-wide state. A program that trains on CPU (``train/main.py``,
+the benchmarks, or a library user's own script) calls, first thing, before any JAX computation::
+
+    import jaxvision.backends.cpu
+    jaxvision.backends.cpu.configure_runtime()
+
+XLA:CPU takes each call's temporary buffers (about a gigabyte for a ResNet-18 CIFAR train step
+at batch 128) from ``malloc`` and frees them when the call ends. glibc serves blocks that large
 with ``mmap`` and gives them back with ``munmap``, so every step page-faults its whole
-working set in again: about 240,000 minor faults and 0.5-0.9 s of kernel time per ResNet-18
-step on a 2-core machine (``benchmarks/RESULTS.md``). TensorFlow keeps its own buffers and
-does not pay this. Two settings stop it:
+working set in again, a large share of a step's time in the kernel (``benchmarks/RESULTS.md``).
+TensorFlow keeps its own buffers and does not pay this. Two settings stop it:
 
 * ``jax_cpu_enable_async_dispatch=False``: single-device computations run on the thread that
   calls them, so their buffers come from glibc's main arena. With asynchronous dispatch they
   run on a worker thread whose arena is capped at 64 MB, where large blocks are always
   mapped and unmapped. It must be set before JAX creates its CPU client, which is why
-  :func:`configure` runs when ``jaxvision.training`` is imported.
+  :func:`configure_runtime` must run before the first JAX computation.
 * ``mallopt(M_MMAP_THRESHOLD)`` and ``mallopt(M_TRIM_THRESHOLD)`` at their maximum: the
   main arena serves large blocks from the heap and keeps freed memory for the next call
   instead of returning it to the kernel. The process's resident size then stays at its peak
   (it does not grow step after step; the next call reuses the same blocks).
 
 Neither changes any computed value. Nothing is changed where JAX's backends were already
-created before the import (the dispatch mode can no longer change, so the malloc settings
+created before the call (the dispatch mode can no longer change, so the malloc settings
 would not help either); the malloc settings are left as they are off Linux/glibc and where
 the user set them (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` or the matching
 ``GLIBC_TUNABLES``). ``JAXVISION_XLA_DEFAULTS=0`` turns off these and the compiler options of
-``training.compiler`` alike; ``jax.config.update("jax_cpu_enable_async_dispatch", True)``
-after the import and before the first computation restores asynchronous dispatch alone.
+``backends.cpu.compiler`` alike; ``jax.config.update("jax_cpu_enable_async_dispatch", True)``
+after the call and before the first computation restores asynchronous dispatch alone.
 """
 
 from __future__ import annotations
@@ -89,11 +94,13 @@ def _set_malloc_params() -> dict:
   return applied
 
 
-def configure() -> dict:
+def configure_runtime() -> dict:
   """Applies the defaults above once per process; returns what was set (name -> value).
 
-  Later calls return the first call's result. Safe to call at any time: what can no longer
-  take effect is skipped.
+  Call it before the first JAX computation (JAX's CPU client must not exist yet), e.g. at
+  the top of ``main``. Later calls return the first call's result. Safe to call at any time:
+  what can no longer take effect is skipped (then it returns ``{}``).
+  ``JAXVISION_XLA_DEFAULTS=0`` makes it set nothing.
   """
   global _applied
   if _applied is not None:

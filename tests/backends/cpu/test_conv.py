@@ -1,7 +1,8 @@
-"""``ops.conv_general_dilated`` and ``ops.conv_transpose``: forward and both gradients equal
-``lax.conv_general_dilated``'s / ``lax.conv_transpose``'s (JAX's own rules, an independent
-derivation) in float64, for the channels-last configurations they handle and for those passed
-through; ``layers.ConvTranspose`` is ``flax.linen.ConvTranspose``."""
+"""``backends.cpu.conv``'s ``conv_general_dilated`` and ``conv_transpose``: forward and both
+gradients equal ``lax.conv_general_dilated``'s / ``lax.conv_transpose``'s (JAX's own rules, an
+independent derivation) in float64, for the channels-last configurations they handle and for
+those passed through; ``layers.ConvTranspose`` in the backend's form is
+``flax.linen.ConvTranspose``. Run inside ``cpu.enabled()``, as the library's steps are."""
 
 import flax.linen as nn
 import jax
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxvision import ops
+from jaxvision.backends import cpu
+from jaxvision.backends.cpu import conv as cpu_conv
 from jaxvision.models.layers import Conv, ConvTranspose
 
 DN = ("NHWC", "HWIO", "NHWC")
@@ -36,12 +38,12 @@ def _value_and_grads(conv, x, w, **kw):
     ((8, 8), (5, 3), (1, 2), ((0, 4), (2, 1))),
 ])
 def test_forward_and_gradients_match_lax_in_float64(size, kernel, stride, padding):
-  with jax.enable_x64(True):
+  with jax.enable_x64(True), cpu.enabled():
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(3, *size, 4)))
     w = jnp.asarray(rng.normal(size=(*kernel, 4, 5)))
     kw = dict(window_strides=stride, padding=padding)
-    y, (dx, dw) = _value_and_grads(ops.conv_general_dilated, x, w, **kw)
+    y, (dx, dw) = _value_and_grads(cpu_conv.conv_general_dilated, x, w, **kw)
     y_ref, (dx_ref, dw_ref) = _value_and_grads(lax.conv_general_dilated, x, w, **kw)
     assert dx.shape == x.shape and dw.shape == w.shape
     np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
@@ -53,12 +55,12 @@ def test_forward_and_gradients_match_lax_in_float64(size, kernel, stride, paddin
     dict(rhs_dilation=(2, 2)), dict(lhs_dilation=(2, 2), padding=((1, 1), (1, 1))),
     dict(padding=((4, 4), (0, 0)))])
 def test_other_configurations_pass_through(kw):
-  with jax.enable_x64(True):
+  with jax.enable_x64(True), cpu.enabled():
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.normal(size=(2, 9, 9, 3)))
     w = jnp.asarray(rng.normal(size=(3, 3, 3, 2)))
     kw = {"window_strides": (1, 1), "padding": "SAME", **kw}
-    y, grads = _value_and_grads(ops.conv_general_dilated, x, w, **kw)
+    y, grads = _value_and_grads(cpu_conv.conv_general_dilated, x, w, **kw)
     y_ref, grads_ref = _value_and_grads(lax.conv_general_dilated, x, w, **kw)
     np.testing.assert_allclose(y, y_ref, rtol=1e-12)
     for g, g_ref in zip(grads, grads_ref):
@@ -67,7 +69,8 @@ def test_other_configurations_pass_through(kw):
 
 def test_flax_conv_layer_has_flax_parameters_and_gradients_inside_scan():
   """``layers.Conv`` keeps ``nn.Conv``'s parameter tree; its gradient through a scan equals
-  ``nn.Conv``'s (the scan is where the custom gradient matters on XLA:CPU)."""
+  ``nn.Conv``'s (the scan is where the custom gradient matters on XLA:CPU), in the backend's
+  form."""
   import flax.linen as nn
   x = jax.random.normal(jax.random.PRNGKey(0), (4, 3, 10, 10, 2))  # [T, B, H, W, C]
   ours, ref = Conv(6, (3, 3), strides=2), nn.Conv(6, (3, 3), strides=2)
@@ -79,7 +82,8 @@ def test_flax_conv_layer_has_flax_parameters_and_gradients_inside_scan():
       return carry + jnp.sum(jnp.tanh(layer.apply(params, xt)) ** 2), None
     return jax.lax.scan(body, 0.0, x)[0]
 
-  g = jax.jit(jax.grad(loss), static_argnums=1)(params, ours)
+  with cpu.enabled():
+    g = jax.jit(jax.grad(loss), static_argnums=1)(params, ours)
   g_ref = jax.jit(jax.grad(loss), static_argnums=1)(params, ref)
   for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_ref)):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-5)
@@ -110,11 +114,11 @@ def _lax_conv_transpose(x, w, strides, padding):
     ((3, 4, 5), (2, 3, 2), (2, 1, 3), "SAME"),  # 3-d
 ])
 def test_conv_transpose_matches_lax_in_float64(size, kernel, stride, padding):
-  with jax.enable_x64(True):
+  with jax.enable_x64(True), cpu.enabled():
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.normal(size=(2, *size, 3)))
     w = jnp.asarray(rng.normal(size=(*kernel, 3, 4)))
-    y, (dx, dw) = _transpose_value_and_grads(ops.conv_transpose, x, w, stride, padding)
+    y, (dx, dw) = _transpose_value_and_grads(cpu_conv.conv_transpose, x, w, stride, padding)
     y_ref, (dx_ref, dw_ref) = _transpose_value_and_grads(_lax_conv_transpose, x, w, stride,
                                                          padding)
     assert y.shape == y_ref.shape
@@ -126,7 +130,7 @@ def test_conv_transpose_matches_lax_in_float64(size, kernel, stride, padding):
 def test_conv_transpose_bad_padding_is_a_clear_error():
   x, w = jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2))
   with pytest.raises(ValueError, match="padding must be 'SAME', 'VALID' or explicit pairs"):
-    ops.conv_transpose(x, w, (2, 2), "CIRCULAR")
+    cpu_conv.conv_transpose(x, w, (2, 2), "CIRCULAR")
 
 
 def test_conv_transpose_layer_is_flax_conv_transpose():
@@ -139,8 +143,9 @@ def test_conv_transpose_layer_is_flax_conv_transpose():
     assert jax.tree.map(jnp.shape, mine) == jax.tree.map(jnp.shape, variables)
     for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(variables)):
       np.testing.assert_array_equal(a, b)  # same initialisers, same names
-    np.testing.assert_allclose(ours.apply(variables, x), flax_layer.apply(variables, x),
-                               rtol=1e-5, atol=1e-5)
+    with cpu.enabled():
+      np.testing.assert_allclose(ours.apply(variables, x), flax_layer.apply(variables, x),
+                                 rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match=r"expects inputs \[B, \*2 spatial, C\]"):
     ConvTranspose(3, (4, 4)).init(jax.random.PRNGKey(0), jnp.zeros((7, 7, 5)))
 
@@ -148,10 +153,10 @@ def test_conv_transpose_layer_is_flax_conv_transpose():
 def test_sub_pixel_form_is_staged_for_cpu_only():
   # CPU: one stride-1 convolution per output phase, none over dilated zeros; GPU/TPU: the
   # dilated convolution as lax writes it (lowered without the device, as for export).
-  # Traced with XLA's convolutions (float32 on CPU would otherwise go to ops.onednn).
+  # Traced with XLA's convolutions (float32 on CPU would otherwise go to oneDNN).
   x, w = jnp.ones((2, 7, 7, 3)), jnp.ones((4, 4, 3, 4))
-  with ops.onednn.disabled():
-    traced = jax.jit(lambda x, w: ops.conv_transpose(x, w, (2, 2), "SAME")).trace(x, w)
+  with cpu.enabled(onednn=False):
+    traced = jax.jit(lambda x, w: cpu_conv.conv_transpose(x, w, (2, 2), "SAME")).trace(x, w)
   for platform, count, dilation in (("cpu", 4, "lhs_dilate = [1, 1]"),
                                     ("cuda", 1, "lhs_dilate = [2, 2]"),
                                     ("tpu", 1, "lhs_dilate = [2, 2]")):
@@ -166,10 +171,10 @@ def test_moveaxis_stored_is_moveaxis():
   # identity conditional (a fusion barrier): the values are the same either way.
   for shape in ((2, 5, 5, 3), (8, 32, 32, 128)):
     x = jnp.asarray(np.random.default_rng(0).normal(size=shape), jnp.float32)
-    fn = jax.jit(lambda x: ops.conv.moveaxis_stored(jnp.maximum(x, 0.25), (0, -1), (-1, 0)))
+    fn = jax.jit(lambda x: cpu_conv.moveaxis_stored(jnp.maximum(x, 0.25), (0, -1), (-1, 0)))
     np.testing.assert_array_equal(fn(x), np.moveaxis(np.maximum(np.asarray(x), 0.25),
                                                      (0, -1), (-1, 0)))
-    barrier = x.size * 4 >= ops.conv.STORED_MIN_BYTES
+    barrier = x.size * 4 >= cpu_conv.STORED_MIN_BYTES
     assert ("conditional(" in fn.lower(x).compile().as_text()) == barrier, shape
   # GPU/TPU (lowered without the device): the plain transpose, no runtime predicate.
   traced = fn.trace(x)
@@ -185,7 +190,7 @@ def test_kernel_gradient_through_the_barrier_matches_lax_in_float64():
     rng = np.random.default_rng(2)
     x = jnp.asarray(rng.normal(size=(4, 64, 64, 32)))
     w = jnp.asarray(rng.normal(size=(3, 3, 32, 8)))
-    assert x.size * x.dtype.itemsize >= ops.conv.STORED_MIN_BYTES
+    assert x.size * x.dtype.itemsize >= cpu_conv.STORED_MIN_BYTES
 
     def grads(conv):
       def f(w, x):
@@ -193,7 +198,8 @@ def test_kernel_gradient_through_the_barrier_matches_lax_in_float64():
         return jnp.sum(jnp.sin(y))
       return jax.jit(jax.grad(f))
 
-    ours = grads(ops.conv_general_dilated)
-    assert "conditional(" in ours.lower(w, x).compile().as_text()
-    np.testing.assert_allclose(ours(w, x), grads(lax.conv_general_dilated)(w, x),
-                               rtol=1e-12, atol=1e-10)
+    ours = grads(cpu_conv.conv_general_dilated)
+    with cpu.enabled():
+      assert "conditional(" in ours.lower(w, x).compile().as_text()
+      np.testing.assert_allclose(ours(w, x), grads(lax.conv_general_dilated)(w, x),
+                                 rtol=1e-12, atol=1e-10)

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from jaxvision import models
-from jaxvision.training import optim, sharding, state as state_lib, steps
+from jaxvision.tasks import classification as steps
+from jaxvision.training import jit, optim, sharding, state as state_lib
 
 
 def _batches(n, batch=16, shape=(12, 12, 1), k=4, seed=0):
@@ -23,7 +24,7 @@ def _train(model, opt_name, num_devices, batches):
   tx, _ = optim.make_optimizer(cfg, 10)
   state = state_lib.create_train_state(model, tx, input_shape=batches[0]["image"].shape[1:],
                                        rng=jax.random.PRNGKey(0), mesh=mesh)
-  step = steps.jit_train_step(steps.make_train_step(label_smoothing=0.1), mesh)
+  step = jit.jit_train_step(steps.make_train_step(label_smoothing=0.1), mesh)
   losses = []
   for b in batches:
     state, m = step(state, sharding.shard_batch(b, mesh))
@@ -57,7 +58,7 @@ def test_train_step_output_is_sharded_replicated_and_state_donated():
   batch = sharding.shard_batch(_batches(1)[0], mesh)
   assert batch["image"].sharding.spec == sharding.batch_sharding(mesh).spec
   old_kernel = state.params["Dense_1"]["kernel"]
-  step = steps.jit_train_step(steps.make_train_step(), mesh)
+  step = jit.jit_train_step(steps.make_train_step(), mesh)
   new_state, _ = step(state, batch)
   assert old_kernel.is_deleted()  # donated
   assert new_state.params["Dense_1"]["kernel"].sharding.is_fully_replicated
@@ -74,7 +75,7 @@ def test_eval_step_ignores_padded_examples():
   b = _batches(1)[0]
   mask = np.arange(16) < 11
   garbage = dict(b, image=np.where(mask[:, None, None, None], b["image"], 1e6), mask=mask)
-  eval_step = steps.jit_eval_step(steps.make_eval_step(4), mesh)
+  eval_step = jit.jit_eval_step(steps.make_eval_step(4), mesh)
   out = jax.device_get(eval_step(state, sharding.shard_batch(garbage, mesh)))
   assert int(out["count"]) == 11 and out["confusion_matrix"].sum() == 11
   logits, _ = model.apply({"params": state.params}, b["image"][:11], train=False)

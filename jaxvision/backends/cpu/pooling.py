@@ -4,7 +4,7 @@
 element of a window in row-major order; padded positions never win; a NaN wins its window).
 Only the backward pass is written differently: JAX differentiates ``reduce_window`` max into
 ``select_and_scatter_add``, which XLA:CPU expands into an argmax reduce-window plus a scatter
-(about 15x slower for a 2x2/2 pool).
+(much slower for a 2x2/2 pool; ``benchmarks/RESULTS.md``).
 
 * Non-overlapping windows (``strides == window``, no padding), the common 2x2/2 case: the
   forward pass of a differentiated call is one variadic reduction that returns the maximum
@@ -27,6 +27,10 @@ matrix-vector product so that XLA:CPU keeps the convolutions in front of it out 
 YNNPACK reduction fusion (see there).
 
 Shapes: images ``[B, H, W, C]`` (channels last), kernels ``[kh, kw, C_in, C_out]``.
+
+These functions are the formulations themselves: models reach them through
+``jaxvision.models.layers``, which uses them only inside ``backends.cpu.enabled()`` and
+otherwise ``flax.linen.max_pool``/``lax.conv_general_dilated``/``jnp.mean``.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxvision.ops import conv as conv_lib
+from jaxvision.backends.cpu import conv as conv_lib
 
 
 def _pads(spatial, window, strides, padding):
@@ -59,7 +63,8 @@ def max_pool(x: jax.Array, window_shape: Sequence[int], strides: Sequence[int] |
 
   Returns ``[B, H', W', C]`` with ``H' = (H + top + bottom - window) // stride + 1``.
   """
-  check_image_batch(x, "max_pool")
+  if x.ndim != 4:
+    raise ValueError(f"max_pool expects x [B, H, W, C]; found shape {tuple(x.shape)}")
   window_shape = tuple(int(v) for v in window_shape)
   strides = tuple(int(v) for v in strides) if strides is not None else (1, 1)
   if len(window_shape) != 2 or len(strides) != 2:
@@ -265,10 +270,9 @@ def global_average_pool(x: jax.Array) -> jax.Array:
   matrix-vector product with weights ``1 / prod(S)`` (float32 accumulation, full precision),
   because XLA:CPU (jaxlib 0.10) hands a reduction to YNNPACK together with the chain that
   produces it: in ResNet-18 CIFAR's eval step that fusion took the 7 convolutions of stages
-  3-4 into one YNNPACK call of 222 ms (of a 547 ms step), slower than XLA's own convolutions.
-  As a dot it stays a single YNNPACK dot: eval step 451-477 vs 510-522 ms, train step
-  1555 vs 1612 ms (batch 128, 2-core CPU, same-process A/B; ``benchmarks/RESULTS.md``).
-  Elsewhere it is ``jnp.mean`` itself.
+  3-4 into one YNNPACK call, slower than XLA's own convolutions. As a dot it stays a single
+  YNNPACK dot (eval and train step figures in ``benchmarks/RESULTS.md``). Elsewhere it is
+  ``jnp.mean`` itself.
   """
   if x.ndim < 3 or 0 in x.shape[1:-1]:
     raise ValueError(f"global_average_pool expects [batch, *spatial, channels] with non-empty "
@@ -286,10 +290,3 @@ def global_average_pool(x: jax.Array) -> jax.Array:
 
   return lax.platform_dependent(x, cpu=as_dot, default=lambda x: jnp.mean(x, axis=spatial))
 
-
-def check_image_batch(x, name: str):
-  """Raises a ValueError naming ``name`` unless ``x`` is ``[batch, height, width, channels]``."""
-  if x.ndim != 4:
-    raise ValueError(
-        f"{name} expects images of shape [batch, height, width, channels]; "
-        f"found an array of shape {tuple(x.shape)}")

@@ -1,7 +1,7 @@
 """XLA compiler options that the library's compiled steps use, per platform.
 
-``step_compiler_options(mesh)`` is passed as ``compiler_options`` to the ``jax.jit`` of the
-train/eval/predict steps (see ``steps.jit_train_step``). Options are per compilation, so
+``compiler_options(mesh)`` is passed as ``compiler_options`` to the ``jax.jit`` of the
+train/eval/predict steps (see ``jaxvision.training.jit``). Options are per compilation, so
 they change nothing else in the process (other jitted code, TensorFlow's XLA), work whatever
 the import order, and need no environment variable set before JAX starts.
 
@@ -9,14 +9,14 @@ On CPU (XLA:CPU in jaxlib 0.10):
 
 * ``xla_cpu_experimental_ynn_fusion_type``: XLA offloads dots, convolutions and reductions to
   YNNPACK by default. Its convolutions are slower than XLA's own (Eigen) convolutions for the
-  shapes of CNN training steps, by about 2x for the weight gradient (see
+  shapes of CNN training steps, the weight gradient most of all (see
   ``benchmarks/RESULTS.md``), so the library keeps YNNPACK for dots and reductions only.
   Results are unchanged up to float summation order.
 
 An option is left out when the user sets it in ``XLA_FLAGS`` (the user's value wins) or
 when this jaxlib does not know it (checked once by compiling a trivial function), and
 ``JAXVISION_XLA_DEFAULTS=0`` turns all of them off (and the host defaults of
-``training.cpu_runtime``).
+``backends.cpu.runtime``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import os
 import jax
 import jax.numpy as jnp
 
-from jaxvision.training import cpu_runtime
+from jaxvision.backends.cpu import runtime
 
 CPU_OPTIONS = {
     "xla_cpu_experimental_ynn_fusion_type":
@@ -54,11 +54,14 @@ def _supported(platform: str, name: str, value: str) -> bool:
     return False
 
 
-def step_compiler_options(mesh) -> dict | None:
-  """``compiler_options`` for steps compiled over ``mesh`` (None when there are none)."""
-  if not cpu_runtime.defaults_enabled():
+def compiler_options(mesh=None) -> dict | None:
+  """``compiler_options`` for steps compiled over ``mesh`` (None when there are none).
+
+  ``mesh``: a ``jax.sharding.Mesh``, or None for JAX's default device.
+  """
+  if not runtime.defaults_enabled():
     return None
-  platform = mesh.devices.flat[0].platform
+  platform = (jax.devices()[0] if mesh is None else mesh.devices.flat[0]).platform
   defaults = CPU_OPTIONS if platform == "cpu" else {}
   user = _user_flags()
   options = {k: v for k, v in defaults.items()

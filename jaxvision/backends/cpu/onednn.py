@@ -1,41 +1,33 @@
 """2-D float32 convolutions on oneDNN for XLA:CPU, called through XLA FFI.
 
-XLA:CPU runs convolutions with Eigen's spatial convolution. On the 2-core AVX-512 machine of
-``benchmarks/RESULTS.md`` those run 20-30% slower than oneDNN's (the library TensorFlow and
-PyTorch use on CPU) on ResNet-18's shapes, and the kernel gradient also needs its image in
-a batch-minor layout (see ``ops.conv``). XLA in jaxlib 0.10 has its own oneDNN convolution
-rewrite compiled out, so this module calls oneDNN itself: ``onednn_conv.cc`` defines three
-XLA FFI handlers (forward, input gradient, kernel gradient) for NHWC activations and HWIO
-kernels, with no layout change of the activations on either side.
+XLA:CPU runs convolutions with Eigen's spatial convolution, slower than oneDNN's (the library
+TensorFlow and PyTorch use on CPU) on ResNet-18's shapes (figures in ``benchmarks/RESULTS.md``),
+and the kernel gradient also needs its image in a batch-minor layout (see ``backends.cpu.conv``).
+XLA in jaxlib 0.10 has its own oneDNN convolution rewrite compiled out, so this module calls
+oneDNN itself: ``onednn_conv.cc`` defines three XLA FFI handlers (forward, input gradient,
+kernel gradient) for NHWC activations and HWIO kernels, with no layout change of the
+activations on either side.
 
 oneDNN comes from PyPI's ``onednn-cpu-gomp`` (the library, GNU OpenMP threading) and
-``onednn-devel-cpu-gomp`` (its headers), both dependencies on Linux x86-64. The handlers are
-compiled on first use with the system C++ compiler (``$CXX``, else ``c++``; about 5 s)
-into ``$JAXVISION_CACHE_DIR`` (default ``~/.cache/jaxvision``), keyed by the source, the
-jaxlib version and the oneDNN and compiler paths, under a file lock so parallel processes
-build once. When oneDNN, its headers or a compiler is missing, or the build fails, a
-warning says why and ``ops.conv`` keeps XLA's convolutions.
+``onednn-devel-cpu-gomp`` (its headers), the optional extra ``jaxvision[onednn]`` (Linux
+x86-64). The handlers are compiled on first use with the system C++ compiler (``$CXX``, else
+``c++``) into ``$JAXVISION_CACHE_DIR`` (default ``~/.cache/jaxvision``), keyed by the source,
+the jaxlib version and the oneDNN and compiler paths, under a file lock so parallel processes
+build once. Without the wheels, one info line says so; when a compiler is missing or the
+build fails, a warning says why. Either way ``backends.cpu.conv`` keeps XLA's convolutions.
 
-:func:`active` decides, when a convolution is traced, whether ``ops.conv`` uses these
-handlers: oneDNN is available, ``JAXVISION_ONEDNN`` is not 0/false/no, no :func:`disabled`
-block is open, and JAX's default backend is CPU in a single process. The decision is part
-of the trace: a function jitted before the switch changes keeps its first form. XLA's SPMD
-partitioner cannot split a custom call: on a mesh of several CPU devices it gathers the
-operands onto every device (correct, but each device then does the whole batch's work), so
-the library's step builders (``training.steps.jit_train_step``/``jit_eval_step``) trace
-steps for multi-device meshes inside :func:`disabled` (:func:`with_xla_convolutions`). The
-GAN step and sampler (``training.gan``) always do: DCGAN's step was measured slower here.
+Whether a traced convolution uses these handlers is decided by ``backends.cpu.context``
+(``onednn_active``: inside ``enabled(onednn=True)``, under the rule of ``use_onednn``).
+``JAXVISION_ONEDNN=0`` turns them off.
 
 Values equal ``lax.conv_general_dilated`` and its gradients up to float summation order
-(``tests/ops/test_onednn.py`` compares with NumPy in float64).
+(``tests/backends/cpu/test_onednn.py`` compares with NumPy in float64).
 """
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import fcntl
-import functools
 import hashlib
 import importlib.metadata
 import logging
@@ -59,11 +51,14 @@ _ABI_VERSION = 1  # JvConvVersion() in onednn_conv.cc
 _BUILD_TIMEOUT_S = 600
 
 _log = logging.getLogger(__name__)
-_state = threading.local()
 
 
 class UnavailableError(RuntimeError):
   """oneDNN convolutions cannot be used here (the message says why)."""
+
+
+class NotInstalledError(UnavailableError):
+  """The optional oneDNN wheels (``jaxvision[onednn]``) are not installed."""
 
 
 def enabled_by_env() -> bool:
@@ -71,38 +66,12 @@ def enabled_by_env() -> bool:
   return os.environ.get(ENV_SWITCH, "1").lower() not in ("0", "false", "no")
 
 
-@contextlib.contextmanager
-def disabled():
-  """Within this block (this thread), convolutions are traced with XLA's kernels.
-
-  Used, for one, to count a step's FLOPs with XLA's cost analysis, which does not see into
-  custom calls. Only traces made inside the block are affected.
-  """
-  previous = getattr(_state, "disabled", False)
-  _state.disabled = True
-  try:
-    yield
-  finally:
-    _state.disabled = previous
-
-
-def with_xla_convolutions(fn):
-  """``fn`` that runs (and so is traced) inside :func:`disabled`."""
-
-  @functools.wraps(fn)
-  def wrapped(*args, **kwargs):
-    with disabled():
-      return fn(*args, **kwargs)
-
-  return wrapped
-
-
 def _distribution_file(dist: str, suffix: str) -> pathlib.Path:
   try:
     files = importlib.metadata.distribution(dist).files or []
   except importlib.metadata.PackageNotFoundError:
-    raise UnavailableError(f"the {dist!r} package is not installed "
-                           "(pip install onednn-cpu-gomp onednn-devel-cpu-gomp)") from None
+    raise NotInstalledError(f"the {dist!r} package is not installed "
+                            '(pip install "jaxvision[onednn]")') from None
   for f in files:
     path = pathlib.Path(f.locate()).resolve()  # RECORD paths may be relative ("../../lib").
     if path.as_posix().endswith("/" + suffix):
@@ -187,6 +156,9 @@ def _build_and_register() -> tuple[ctypes.CDLL | None, str | None]:
     for symbol in TARGETS.values():
       jax.ffi.register_ffi_target(symbol, jax.ffi.pycapsule(getattr(lib, symbol)),
                                   platform="cpu")
+  except NotInstalledError as e:  # An optional extra: not worth a warning.
+    _log.info("oneDNN convolutions not installed, using XLA's: %s", e)
+    return None, str(e)
   except (UnavailableError, OSError, AttributeError) as e:
     reason = str(e)
     _log.warning("oneDNN convolutions unavailable, using XLA's: %s", reason)
@@ -204,15 +176,6 @@ def unavailable_reason() -> str | None:
   if not enabled_by_env():
     return f"{ENV_SWITCH}={os.environ[ENV_SWITCH]}"
   return _load()[1]
-
-
-def active() -> bool:
-  """Whether convolutions traced now go to oneDNN (see the module docstring)."""
-  if getattr(_state, "disabled", False) or not enabled_by_env():
-    return False
-  if jax.default_backend() != "cpu" or jax.process_count() != 1:
-    return False
-  return available()
 
 
 def supports(lhs: jax.Array, rhs: jax.Array) -> bool:

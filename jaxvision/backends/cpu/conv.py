@@ -18,7 +18,7 @@ same channels-last form, with the operands transposed explicitly:
 JAX's own transpose rules express the same gradients with permuted dimension numbers
 (``f01b_i01o->01bf`` for the kernel gradient). In a top-level program XLA:CPU's layout
 assignment turns those back into its fast (Eigen) convolution, but not inside a loop body
-(``lax.scan``, ``while``), where they run a naive loop about 25x slower (jax-ml/jax#12868).
+(``lax.scan``, ``while``), where they run a naive loop many times slower (jax-ml/jax#12868).
 Written explicitly, the gradients are fast in both places. Values are the same up to float
 summation order. Other configurations fall back to ``lax.conv_general_dilated`` unchanged.
 
@@ -29,13 +29,17 @@ loop whose reads stride by a whole image, several times slower than transposing 
 activation.
 
 On a CPU backend, 2-D float32 convolutions of this form run on oneDNN instead (forward,
-input gradient and kernel gradient as XLA FFI custom calls, see :mod:`jaxvision.ops.onednn`),
-where it is available and active when the convolution is traced; everything above is then
-the path for other dtypes, other ranks, other platforms and multi-device steps.
+input gradient and kernel gradient as XLA FFI custom calls, see
+:mod:`jaxvision.backends.cpu.onednn`) when ``context.onednn_active()`` at trace time;
+everything above is then the path for other dtypes, other ranks, other platforms and
+multi-device steps.
 
 :func:`conv_transpose` is ``lax.conv_transpose`` (channels last, ``transpose_kernel=False``)
 in the same sub-pixel form: a DCGAN generator's 4x4 stride-2 transposed convolutions do a
-quarter of the multiply-adds (the DCGAN train step, batch 64: 88 vs 182 ms on a 2-core CPU).
+quarter of the multiply-adds (DCGAN step figures in ``benchmarks/RESULTS.md``).
+
+These functions are the formulations themselves: models reach them through
+``jaxvision.models.layers``, which uses them only inside ``backends.cpu.enabled()``.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxvision.ops import onednn
+from jaxvision.backends.cpu import context, onednn
 
 
 def _channels_last(ndim: int) -> lax.ConvDimensionNumbers:
@@ -108,7 +112,7 @@ def _forward(lhs, rhs, strides, padding, precision, preferred_element_type):
 
 
 def _use_onednn(lhs, rhs) -> bool:
-  return onednn.supports(lhs, rhs) and onednn.active()
+  return onednn.supports(lhs, rhs) and context.onednn_active()
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
@@ -193,17 +197,16 @@ def moveaxis_stored(x: jax.Array, source, destination) -> jax.Array:
   XLA:CPU fuses cheap elementwise producers into their consumers even when that duplicates
   them. For the layout change in front of a kernel-gradient convolution (``[B, *S, C] ->
   [C, *S, B]``) that means recomputing BatchNorm + ReLU inside a transpose, which XLA:CPU
-  then emits as an untiled loop reading one element per image row: 60-130 ms for a
-  128x32x32x64 activation against about 7 ms for transposing the stored one. Here the
+  then emits as an untiled loop reading one element per image row, several times slower than
+  transposing the stored activation (``benchmarks/RESULTS.md``). Here the
   transpose is the body of a ``lax.cond``, a boundary XLA does not fuse across
   (``lax.optimization_barrier`` is removed before fusion on CPU, and an identity ``cond`` is
   forwarded away by JAX). Both branches are the same transpose, so the value never depends
-  on the runtime predicate. ResNet-18 CIFAR train step, batch 128, 2-core CPU: about 1.85 s
-  -> 1.6 s (``benchmarks/RESULTS.md``).
+  on the runtime predicate. ResNet-18 CIFAR train step figures: ``benchmarks/RESULTS.md``.
 
   Applied on CPU to arrays of at least ``STORED_MIN_BYTES`` (4 MiB). Below that the fused
-  transpose is cheap and the barrier costs more than it saves (SimpleCNN's second
-  convolution input, 2.7 MB: 12.2 vs 13.0 ms per step with it). On GPU and TPU it is a plain
+  transpose is cheap and the barrier costs more than it saves (measured on SimpleCNN's
+  second convolution input, 2.7 MB; ``benchmarks/RESULTS.md``). On GPU and TPU it is a plain
   ``jnp.moveaxis``: their transposes are tiled, and a conditional there could synchronise
   with the host.
   """

@@ -1,8 +1,10 @@
-"""``ops.onednn``: oneDNN's convolutions through XLA FFI equal a NumPy float64 convolution
-(written here from the definition, independent of XLA and oneDNN) in all three directions;
-``ops.conv`` routes 2-D float32 convolutions to them on CPU and everything else to XLA; the
-build fails with a clear reason and leaves XLA's convolutions in place."""
+"""``backends.cpu.onednn``: oneDNN's convolutions through XLA FFI equal a NumPy float64
+convolution (written here from the definition, independent of XLA and oneDNN) in all three
+directions; inside ``cpu.enabled()``, ``backends.cpu.conv`` routes 2-D float32 convolutions to
+them on CPU and everything else to XLA; the build fails with a clear reason and leaves XLA's
+convolutions in place; without the optional wheels one info line says so."""
 
+import logging
 import os
 import pathlib
 import platform
@@ -16,26 +18,38 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxvision import ops
-from jaxvision.ops import onednn
-from jaxvision.training import sharding, steps
+from jaxvision.backends import cpu
+from jaxvision.backends.cpu import conv as cpu_conv
+from jaxvision.backends.cpu import onednn
+from jaxvision.training import jit, sharding
 
 DN = ("NHWC", "HWIO", "NHWC")
-REPO = pathlib.Path(__file__).resolve().parents[2]
+REPO = pathlib.Path(__file__).resolve().parents[3]
 LINUX_X86 = sys.platform == "linux" and platform.machine() == "x86_64"
 
 
+def _wheels_installed() -> bool:
+  try:
+    onednn._distribution_file("onednn-cpu-gomp", "lib/libdnnl.so.3")
+    return True
+  except onednn.UnavailableError:
+    return False
+
+
 def test_available_where_the_package_supports_it():
-  # The oneDNN wheels are dependencies on Linux x86-64 and the machines have a C++ compiler:
-  # a missing build there is a failure, not a skip.
+  # The oneDNN wheels are the [onednn] extra on Linux x86-64, which `make test` installs, and
+  # the machines have a C++ compiler: a missing build there is a failure, not a skip.
   if not LINUX_X86:
     pytest.skip(f"oneDNN wheels are only declared for Linux x86-64 ({sys.platform}, "
                 f"{platform.machine()})")
+  if not _wheels_installed():
+    pytest.skip('the optional oneDNN wheels are not installed (pip install "jaxvision[onednn]")')
   assert onednn.available(), onednn.unavailable_reason()
   assert onednn.unavailable_reason() is None
 
 
-needs_onednn = pytest.mark.skipif(not LINUX_X86, reason="oneDNN wheels: Linux x86-64 only")
+needs_onednn = pytest.mark.skipif(not (LINUX_X86 and _wheels_installed()),
+                                  reason="oneDNN wheels (the [onednn] extra): Linux x86-64 only")
 
 
 def _np_conv(x, w, strides, padding):
@@ -105,7 +119,7 @@ def _targets(fn, *args):
 
 
 @needs_onednn
-def test_ops_conv_uses_onednn_for_float32_on_cpu_and_matches_float64():
+def test_backend_conv_uses_onednn_for_float32_on_cpu_and_matches_float64():
   rng = np.random.default_rng(1)
   x, w = rng.normal(size=(2, 11, 10, 3)), rng.normal(size=(3, 3, 3, 4))
 
@@ -113,11 +127,12 @@ def test_ops_conv_uses_onednn_for_float32_on_cpu_and_matches_float64():
     y = conv(x, w, (2, 2), "SAME", dimension_numbers=DN)
     return jnp.sum(jnp.sin(y) * jnp.arange(y.size, dtype=y.dtype).reshape(y.shape) / y.size)
 
-  ours = jax.value_and_grad(lambda x, w: loss(ops.conv_general_dilated, x, w), (0, 1))
+  ours = jax.value_and_grad(lambda x, w: loss(cpu_conv.conv_general_dilated, x, w), (0, 1))
   x32, w32 = jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32)
-  assert _targets(ours, x32, w32) == {"JvConvForward": 1, "JvConvBackwardData": 1,
-                                      "JvConvBackwardWeights": 1}
-  value, (dx, dw) = jax.jit(ours)(x32, w32)
+  with cpu.enabled():
+    assert _targets(ours, x32, w32) == {"JvConvForward": 1, "JvConvBackwardData": 1,
+                                        "JvConvBackwardWeights": 1}
+    value, (dx, dw) = jax.jit(ours)(x32, w32)
   with jax.enable_x64(True):
     ref = jax.value_and_grad(lambda x, w: loss(lax.conv_general_dilated, x, w), (0, 1))
     ref_value, (ref_dx, ref_dw) = ref(jnp.asarray(x), jnp.asarray(w))
@@ -131,21 +146,27 @@ def test_other_cases_stay_on_xla():
   x32, w32 = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
 
   def conv(x, w):
-    return ops.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN)
+    return cpu_conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN)
 
   none = dict.fromkeys(onednn.TARGETS.values(), 0)
-  with onednn.disabled():  # (a function of its own: jit caches a trace per function)
+  with cpu.enabled(onednn=False):  # (a function of its own: jit caches a trace per function)
     assert _targets(lambda x, w: conv(x, w), x32, w32) == none
-  assert _targets(conv, x32, w32)["JvConvForward"] == 1  # the block ended
-  assert _targets(conv, x32.astype(jnp.bfloat16), w32.astype(jnp.bfloat16)) == none
-  with jax.enable_x64(True):
-    assert _targets(conv, jnp.ones((2, 8, 8, 3), jnp.float64),
-                    jnp.ones((3, 3, 3, 4), jnp.float64)) == none
-  conv1d = lambda x, w: ops.conv_general_dilated(x, w, (1,), "SAME",
-                                                 dimension_numbers=("NWC", "WIO", "NWC"))
-  assert _targets(conv1d, jnp.ones((2, 8, 3)), jnp.ones((3, 3, 4))) == none
-  # GPU/TPU lowerings of the same trace keep XLA's convolution (lowered without the device).
-  traced = jax.jit(conv).trace(x32, w32)
+  with cpu.enabled():
+    assert _targets(lambda x, w: conv(x, w), x32, w32)["JvConvForward"] == 1
+    with cpu.enabled(onednn=False):  # an inner block turns it off, and no inner one back on
+      with cpu.enabled():
+        assert _targets(lambda x, w: conv(x, w), x32, w32) == none
+  assert _targets(conv, x32, w32) == none  # outside the context: never oneDNN
+  with cpu.enabled():
+    assert _targets(conv, x32.astype(jnp.bfloat16), w32.astype(jnp.bfloat16)) == none
+    with jax.enable_x64(True):
+      assert _targets(conv, jnp.ones((2, 8, 8, 3), jnp.float64),
+                      jnp.ones((3, 3, 3, 4), jnp.float64)) == none
+    conv1d = lambda x, w: cpu_conv.conv_general_dilated(x, w, (1,), "SAME",
+                                                        dimension_numbers=("NWC", "WIO", "NWC"))
+    assert _targets(conv1d, jnp.ones((2, 8, 3)), jnp.ones((3, 3, 4))) == none
+    # GPU/TPU lowerings of the same trace keep XLA's convolution (lowered without the device).
+    traced = jax.jit(lambda x, w: conv(x, w)).trace(x32, w32)
   for platform_name in ("cuda", "tpu"):
     text = traced.lower(lowering_platforms=(platform_name,)).as_text()
     assert "JvConv" not in text and "stablehlo.convolution" in text, platform_name
@@ -154,7 +175,9 @@ def test_other_cases_stay_on_xla():
 @needs_onednn
 def test_env_switch_turns_it_off(monkeypatch):
   monkeypatch.setenv(onednn.ENV_SWITCH, "0")
-  assert not onednn.available() and not onednn.active()
+  with cpu.enabled():
+    assert not onednn.available() and not cpu.onednn_active()
+  assert not cpu.use_onednn(sharding.make_mesh(1), requested=True)
   assert onednn.unavailable_reason() == f"{onednn.ENV_SWITCH}=0"
 
 
@@ -162,12 +185,13 @@ def test_env_switch_turns_it_off(monkeypatch):
 def test_multi_device_steps_are_traced_with_xla_convolutions():
   # XLA's SPMD partitioner would gather a sharded batch for a custom call, so steps for a
   # mesh of several devices keep XLA's convolutions; a one-device mesh gets oneDNN's.
-  conv = lambda state, batch: ops.conv_general_dilated(batch, state, (1, 1), "SAME",
-                                                       dimension_numbers=DN)
+  conv = lambda state, batch: cpu_conv.conv_general_dilated(batch, state, (1, 1), "SAME",
+                                                            dimension_numbers=DN)
   w, x = jnp.ones((3, 3, 3, 4)), np.ones((8, 6, 6, 3), np.float32)
   for devices, expected in ((1, 1), (8, 0)):
     mesh = sharding.make_mesh(devices)
-    text = steps.jit_eval_step(conv, mesh).lower(
+    assert cpu.use_onednn(mesh, requested=True) == (devices == 1)
+    text = jit.jit_eval_step(conv, mesh).lower(
         w, sharding.shard_batch({"x": x}, mesh)["x"]).as_text()
     assert text.count("JvConvForward") == expected, devices
 
@@ -177,10 +201,11 @@ def test_inside_scan_and_vmap():
   rng = np.random.default_rng(3)
   x = jnp.asarray(rng.normal(size=(3, 2, 6, 6, 4)), jnp.float32)
   w = jnp.asarray(rng.normal(size=(3, 3, 4, 5)), jnp.float32)
-  conv = lambda x: ops.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN)
-  scanned = jax.jit(lambda xs: lax.scan(lambda c, x: (c, conv(x)), 0, xs)[1])(x)
-  mapped = jax.jit(jax.vmap(conv))(x)
-  assert "JvConvForward" in jax.jit(jax.vmap(conv)).lower(x).as_text()
+  conv = lambda x: cpu_conv.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN)
+  with cpu.enabled():
+    scanned = jax.jit(lambda xs: lax.scan(lambda c, x: (c, conv(x)), 0, xs)[1])(x)
+    mapped = jax.jit(jax.vmap(conv))(x)
+    assert "JvConvForward" in jax.jit(jax.vmap(conv)).lower(x).as_text()
   for i in range(3):
     ref = _np_conv(np.asarray(x[i], np.float64), np.asarray(w, np.float64), (1, 1),
                    ((1, 1), (1, 1)))
@@ -213,7 +238,7 @@ def test_parallel_builds_share_one_library(tmp_path):
   # the lock, the other waits and loads the same file; both then convolve correctly.
   script = textwrap.dedent("""
       import jax.numpy as jnp, numpy as np
-      from jaxvision.ops import onednn
+      from jaxvision.backends.cpu import onednn
       path = onednn._build()
       assert onednn.available(), onednn.unavailable_reason()
       y = onednn.forward(jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 2, 1)), (1, 1), ((1, 1),) * 2)
@@ -229,3 +254,24 @@ def test_parallel_builds_share_one_library(tmp_path):
     assert p.returncode == 0, err[-2000:]
   paths = {out.strip().splitlines()[-1] for out, _ in outs}
   assert len(paths) == 1 and len(list(tmp_path.rglob("*.so"))) == 1, paths
+
+
+def test_missing_wheels_give_one_info_line_and_xla_convolutions(monkeypatch, caplog):
+  # The wheels are an optional extra: their absence is logged once at INFO, not warned about.
+  def not_installed(dist, suffix):
+    raise onednn.NotInstalledError(f"the {dist!r} package is not installed")
+
+  monkeypatch.setattr(onednn, "_distribution_file", not_installed)
+  with caplog.at_level(logging.INFO, logger=onednn.__name__):
+    assert onednn._build_and_register() == (
+        None, "the 'onednn-cpu-gomp' package is not installed")
+  records = [r for r in caplog.records if r.name == onednn.__name__]
+  assert [r.levelno for r in records] == [logging.INFO], records
+  assert "not installed, using XLA's" in records[0].getMessage()
+  monkeypatch.setattr(onednn, "_loaded", (None, "not installed"))
+  with cpu.enabled():
+    assert not cpu.onednn_active()
+    text = jax.jit(lambda x, w: cpu_conv.conv_general_dilated(
+        x, w, (1, 1), "SAME", dimension_numbers=DN)).lower(
+            jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))).as_text()
+  assert "JvConv" not in text and "stablehlo.convolution" in text
