@@ -210,10 +210,8 @@ class MovingMnist(tfds.core.GeneratorBasedBuilder):
   ``paths.local_dataset_dir('mnist')``) must hold ``train-images-idx3-ubyte.gz`` and
   ``t10k-images-idx3-ubyte.gz``; ``data_dir`` defaults to ``paths.tfds_dir()``.
 
-  Measured on this project's 2-core CPU (shared, load ~8): preparing the 'default' config
-  (10000 + 1000 sequences, 0.9 GB raw) took 36 s wall (~13 s of CPU) and 20 MB on disk
-  (zlib); 1000 + 100 sequences take ~17 s, mostly TensorFlow start-up. Generating 1000
-  sequences in NumPy alone (``generate``) takes ~1.7 s.
+  The 'default' config (10000 + 1000 sequences, 0.9 GB raw) takes about 20 MB on disk
+  (zlib); preparation times are in ``benchmarks/RESULTS.md``.
   """
 
   name = 'jaxvision_moving_mnist'

@@ -171,11 +171,7 @@ class Evaluator:
     self._step = jit_lib.jit_eval_step(make_eval_step(info.num_classes), mesh)
 
   def run(self, state) -> dict:
-    totals = None
-    for batch in self._batches:
-      out = self._step(state, sharding.shard_batch(batch, self.mesh))
-      totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-    totals = jax.device_get(totals)
+    totals = trainer.sum_over_batches(self._step, state, self._batches, self.mesh)
     count = int(totals["count"])
     expected = self.info.num_examples.get(self.split)
     if expected is not None and count != expected:

@@ -48,7 +48,7 @@ import tensorflow_datasets as tfds
 from jaxvision import models
 from jaxvision.data import moving_mnist, paths, pipeline
 from jaxvision.training import jit as jit_lib
-from jaxvision.training import optim, sharding, state as state_lib
+from jaxvision.training import optim, sharding, state as state_lib, trainer
 from jaxvision.training.task import Task, compute_dtype
 
 BASELINE_EPS = 1e-3
@@ -235,11 +235,7 @@ class Evaluator:
     self._step = jit_lib.jit_eval_step(make_eval_step(), mesh)
 
   def run(self, state) -> dict:
-    totals = None
-    for batch in self._batches:
-      out = self._step(state, sharding.shard_batch(batch, self.mesh))
-      totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
-    totals = jax.device_get(totals)
+    totals = trainer.sum_over_batches(self._step, state, self._batches, self.mesh)
     count = int(totals["count"])
     if count != len(self.frames):
       raise RuntimeError(f"evaluation counted {count} sequences; the split has "

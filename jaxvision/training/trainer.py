@@ -36,6 +36,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
@@ -134,6 +135,18 @@ def compile_step(step_fn, state, host_batch: Mapping[str, Any], mesh) -> tuple[A
   t0 = time.perf_counter()
   compiled = step_fn.lower(state, sharding.shard_batch(host_batch, mesh)).compile()
   return compiled, time.perf_counter() - t0
+
+
+def sum_over_batches(eval_step, state, batches, mesh) -> dict:
+  """Runs a compiled ``eval_step(state, sharded batch) -> sums`` over host ``batches`` and
+  returns the sums added up over batches, fetched to the host (NumPy)."""
+  totals = None
+  for batch in batches:
+    out = eval_step(state, sharding.shard_batch(batch, mesh))
+    totals = out if totals is None else jax.tree.map(jnp.add, totals, out)
+  if totals is None:
+    raise ValueError("evaluation got no batches: the split is empty")
+  return jax.device_get(totals)
 
 
 def flush_metrics(pending: list, writer, first_step: int, task: Task) -> dict[str, float]:

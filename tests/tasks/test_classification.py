@@ -207,7 +207,8 @@ def test_cli_evaluate_and_predict(tmp_path):
   out = _cli(*base, "--config.num_epochs=6", "--config.disable_progress_bar=True")
   assert out.returncode == 0, out.stderr[-3000:]
   assert "Results in" in out.stdout and "[eval]" in out.stdout
-  out = _cli(*base, "--mode=evaluate", "--split=test")
+  # evaluate and predict read the config from the workdir (config.json): no --config needed.
+  out = _cli(f"--workdir={workdir}", "--mode=evaluate", "--split=test")
   assert out.returncode == 0, out.stderr[-3000:]
   saved = json.loads((workdir / "eval_test.json").read_text())
   assert saved["eval"]["num_examples"] == 360 and saved["eval"]["accuracy"] > 0.8
@@ -219,7 +220,8 @@ def test_cli_evaluate_and_predict(tmp_path):
     path = tmp_path / f"digit_{i}.png"
     Image.fromarray(img).resize((32, 32), Image.NEAREST).save(path)
     paths.append(str(path))
-  out = _cli(*base, "--mode=predict", "--images=" + ",".join(paths), "--top_k=2")
+  out = _cli(f"--workdir={workdir}", "--mode=predict", "--images=" + ",".join(paths),
+             "--top_k=2")
   assert out.returncode == 0, out.stderr[-3000:]
   preds = json.loads(out.stdout[out.stdout.index("["):])
   assert [p["file"] for p in preds] == paths

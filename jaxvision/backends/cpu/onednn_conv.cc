@@ -1,6 +1,6 @@
 // XLA FFI handlers for 2-D float32 convolutions on oneDNN (built by jaxvision/ops/onednn.py).
 //
-// Layouts are those of jaxvision.ops.conv: activations NHWC ([B, H, W, C]), kernels HWIO
+// Layouts are those of jaxvision.backends.cpu.conv: activations NHWC ([B, H, W, C]), kernels HWIO
 // ([kh, kw, C_in, C_out]), explicit (lo, hi) padding per spatial axis, no dilation, no
 // groups. Three handlers:
 //   JvConvForward(x, w) -> y                     forward_training convolution

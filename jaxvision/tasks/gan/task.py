@@ -52,6 +52,7 @@ from jaxvision.data import pipeline
 from jaxvision.models import gan as gan_models
 from jaxvision.tasks.gan import clustering, steps as gan_steps
 from jaxvision.tasks.gan.quality import QualityEvaluator, summary_line
+from jaxvision.training import jit as jit_lib
 from jaxvision.training import optim, reporting, sharding, trainer
 from jaxvision.training.task import Hook, Task, compute_dtype
 
@@ -280,7 +281,7 @@ class _Clusterer:
       _, aux = discriminator.apply(variables, images, ids, train=False)
       return aux["features"]
 
-    self._features = jax.jit(features)
+    self._features = jit_lib.jit_step(features, None)  # one device: its local copy
 
   def __call__(self, state, step: int, previous: np.ndarray | None):
     """``(ids int32 [N], record)``: cluster ids (renumbered to agree with ``previous``) and a
