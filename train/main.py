@@ -53,7 +53,7 @@ def main(argv):
       results = trainer.train(task, FLAGS.workdir)
       print(f"Done: {results['steps']} steps in {results['train_seconds']:.1f} s "
             f"(+{results['compile_seconds']:.1f} s compile, {results['eval_seconds']:.1f} s "
-            f"evaluation).\n{task.summary_line(results['eval'])}\nResults in "
+            f"evaluation; the last evaluation is above).\nResults in "
             f"{os.path.abspath(FLAGS.workdir)}: results.json, metrics.jsonl, tensorboard/, "
             f"plots/, checkpoints/")
       return
