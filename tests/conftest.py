@@ -23,7 +23,12 @@ import tempfile  # noqa: E402
 os.environ["JAXVISION_TFDS_DIR"] = tempfile.mkdtemp(prefix="jaxvision-tfds-")
 atexit.register(shutil.rmtree, os.environ["JAXVISION_TFDS_DIR"], ignore_errors=True)
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
+
+# Create JAX's backends now, with the flags above, so that a test which edits XLA_FLAGS (to
+# check how the library reads them) cannot change the device count of the tests after it.
+jax.devices()
 
 from tests.support import require_data  # noqa: E402
 

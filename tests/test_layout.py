@@ -124,3 +124,23 @@ def test_cycle_finder_finds_a_cycle():
 
 def test_no_import_cycles():
   assert _cycles(GRAPH) == []
+
+
+# Imports flow one way (GUIDE.md): layer -> packages of ours it must not import.
+FORBIDDEN = {
+    "jaxvision.models": ("jaxvision.data", "jaxvision.training", "jaxvision.tasks",
+                         "jaxvision.inference"),
+    "jaxvision.losses": ("jaxvision.models", "jaxvision.data", "jaxvision.training",
+                         "jaxvision.tasks"),
+    "jaxvision.metrics": ("jaxvision.models", "jaxvision.training", "jaxvision.tasks"),
+    "jaxvision.data": ("jaxvision.models", "jaxvision.training", "jaxvision.tasks"),
+    "jaxvision.training": ("jaxvision.tasks", "jaxvision.models", "jaxvision.inference"),
+    "jaxvision.tasks": ("jaxvision.inference",),
+}
+
+
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
+def test_imports_flow_one_way(layer):
+  bad = {name: sorted(d for d in deps if any(_inside(d, f) for f in FORBIDDEN[layer]))
+         for name, deps in GRAPH.items() if _inside(name, layer)}
+  assert not {k: v for k, v in bad.items() if v}, bad

@@ -17,9 +17,10 @@ YNN = "xla_cpu_experimental_ynn_fusion_type"
 
 
 def test_cpu_steps_get_the_cpu_options(monkeypatch):
+  mesh = sharding.make_mesh(1)
   monkeypatch.delenv("XLA_FLAGS", raising=False)
   monkeypatch.delenv("JAXVISION_XLA_DEFAULTS", raising=False)
-  options = compiler.compiler_options(sharding.make_mesh(1))
+  options = compiler.compiler_options(mesh)
   assert options == {YNN: "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 
 
