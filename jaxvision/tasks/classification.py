@@ -203,7 +203,9 @@ class ClassificationTask(Task):
   name = "classification"
   modes = ("train", "evaluate", "predict")
   best_metric, best_mode = "accuracy", "max"
-  check_keys = ("model", "num_classes", "input_shape")
+  # Resuming needs the same model, classes, input shape and dataset (a checkpoint of another
+  # dataset is an error naming both, never a silent no-op).
+  check_keys = ("model", "num_classes", "input_shape", "dataset")
   progress_metrics = ("loss", "accuracy")
   throughput_name = "images_per_s"
 

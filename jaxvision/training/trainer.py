@@ -179,8 +179,12 @@ def train(task: Task, workdir) -> dict:
   config = task.config
   task.prepare()
   with open_run(task, workdir) as run:
-    save_config(config, run.workdir)
     mesh, start_step, total_steps = run.mesh, run.start_step, run.total_steps
+    if start_step > total_steps:
+      raise ValueError(
+          f"the workdir's latest checkpoint is at step {start_step}, past this run's "
+          f"{total_steps} steps (were num_epochs or num_train_steps lowered?): use a fresh "
+          f"--workdir, or --mode=evaluate to evaluate what it holds")
     batches = task.train_batches(start_step)
     first = next(batches)
     state, meta = task.create_state(first, mesh, abstract=bool(start_step))
@@ -188,6 +192,7 @@ def train(task: Task, workdir) -> dict:
       state = run.checkpointer.restore(start_step, state, meta, check_keys=task.check_keys)
       logging.info("resumed from %s at step %d", run.checkpointer.directory, start_step)
       print(f"Resuming from step {start_step} of {total_steps} ({run.checkpointer.directory})")
+    save_config(config, run.workdir)  # only once the checkpoint is known to fit this config
     run.batches, run._next_batch = batches, first  # pylint: disable=protected-access
     state = task.on_start(run, state)
     train_step, compile_seconds = compile_step(
