@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import math
+import os
 import pathlib
 import time
 from collections.abc import Iterator, Mapping
@@ -52,6 +54,10 @@ CONFIG_FILE = "config.json"
 
 class DivergenceError(FloatingPointError):
   """The training loss (or another guarded metric) became NaN or infinite."""
+
+
+class WorkdirInUseError(RuntimeError):
+  """Another training process holds the workdir."""
 
 
 @dataclasses.dataclass
@@ -86,26 +92,71 @@ class Run:
     return batch if batch is not None else next(self.batches)
 
 
+# Config fields every run reads, and the smallest value each may take.
+_POSITIVE_FIELDS = {"batch_size": 1, "eval_batch_size": 1, "keep_checkpoints": 1,
+                    "log_every_steps": 1}
+
+
+def check_run_config(config: ml_collections.ConfigDict) -> None:
+  """Raises a clear error for run settings out of range (before any data is prepared)."""
+  for name, lowest in _POSITIVE_FIELDS.items():
+    value = config.get(name)
+    if value is not None and not (isinstance(value, int) and value >= lowest):
+      raise ValueError(f"config.{name} must be an integer >= {lowest}; found {value!r}")
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: pathlib.Path) -> Iterator[None]:
+  """Holds an exclusive lock on ``workdir`` (its ``.lock`` file) while training, so a second
+  training process in the same workdir stops at once with the first one's pid. The kernel
+  drops the lock when the process ends, however it ends. Only process 0 locks."""
+  if jax.process_index() != 0:
+    yield
+    return
+  path = workdir / ".lock"
+  with open(path, "a+") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      owner = f.read().strip() or "unknown"
+      raise WorkdirInUseError(f"workdir {workdir} is in use by another training run (pid "
+                              f"{owner}); wait for it to finish or use another --workdir"
+                              ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
 @contextlib.contextmanager
 def open_run(task: Task, workdir) -> Iterator[Run]:
-  """Opens a run of ``task`` in ``workdir``; closes its checkpointer and writer however the
-  run ends (closing waits for pending checkpoint writes)."""
+  """Opens a run of ``task`` in ``workdir`` (locked against a second training process);
+  closes its checkpointer and writer however the run ends (closing waits for pending
+  checkpoint writes)."""
   config = task.config
   total_steps = task.total_steps()
   workdir = pathlib.Path(workdir).resolve()
+  if workdir.exists() and not workdir.is_dir():
+    raise NotADirectoryError(f"--workdir {workdir} is a file; expected a folder")
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = sharding.make_mesh(config.get("num_devices"))
   sharding.check_batch_size(config.batch_size, mesh)
-  checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints",
-                                       keep=config.get("keep_checkpoints", 2),
-                                       best_metric=task.best_metric, best_mode=task.best_mode)
-  writer = reporting.MetricWriter(workdir)
-  try:
-    yield Run(config, workdir, mesh, checkpointer, writer, checkpointer.latest_step() or 0,
-              total_steps)
-  finally:
-    checkpointer.close()
-    writer.close()
+  with workdir_lock(workdir):
+    checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints",
+                                         keep=config.get("keep_checkpoints", 2),
+                                         best_metric=task.best_metric, best_mode=task.best_mode)
+    writer = reporting.MetricWriter(workdir)
+    try:
+      yield Run(config, workdir, mesh, checkpointer, writer, checkpointer.latest_step() or 0,
+                total_steps)
+    finally:
+      checkpointer.close()
+      writer.close()
 
 
 def save_config(config: ml_collections.ConfigDict, workdir) -> None:
@@ -177,6 +228,7 @@ def train(task: Task, workdir) -> dict:
   and ``eval`` (the last evaluation; a run that was already complete is evaluated again).
   """
   config = task.config
+  check_run_config(config)
   task.prepare()
   with open_run(task, workdir) as run:
     mesh, start_step, total_steps = run.mesh, run.start_step, run.total_steps

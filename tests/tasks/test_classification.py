@@ -167,6 +167,31 @@ def test_checkpoint_from_another_model_is_refused_and_kept(tmp_path):
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
 
 
+@pytest.mark.parametrize("overrides,message", [
+    ({"num_train_steps": -1, "num_epochs": 0}, r"config.num_epochs must be > 0.*found "
+                                                r"num_epochs=0"),
+    ({"eval_split": "tset"}, r"bad split 'tset'.*splits: \['test', 'train'\]"),
+    ({"optimizer.learning_rate": -0.1}, r"learning_rate must be > 0; found -0.1"),
+])
+def test_nonsense_settings_fail_before_training(tmp_path, overrides, message):
+  config = _config()
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for name in parents:
+      node = node[name]
+    node[leaf] = value
+  with pytest.raises(ValueError, match=message):
+    _train(config, tmp_path)
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_predict_needs_a_positive_top_k(tmp_path):
+  task = classification.ClassificationTask(_config())
+  with pytest.raises(ValueError, match="top_k must be a positive number of labels; found 0"):
+    task.predict(tmp_path, images=["a.png"], top_k=0)
+
+
 def test_checkpoint_of_another_dataset_is_refused_naming_both(tmp_path):
   """A workdir trained on one dataset, resumed with another of the same shapes and classes:
   an error naming both datasets, and the workdir (checkpoints, config.json) is kept."""

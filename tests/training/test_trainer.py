@@ -6,6 +6,7 @@ its checkpoints by its own metric (lowest MSE) and restores for evaluation, with
 """
 
 import json
+import os
 
 import flax.linen as nn
 import jax
@@ -161,3 +162,35 @@ def test_nan_in_a_guarded_metric_stops_before_the_next_checkpoint(tmp_path, monk
 def test_unknown_task_lists_the_registered_ones():
   with pytest.raises(ValueError, match=r"unknown task 'nope'.*'classification'.*'gan'"):
     tasks.create_task(ml_collections.ConfigDict({"task": "nope"}))
+
+
+def test_a_second_training_process_in_the_workdir_is_refused(tmp_path):
+  tasks.register_task(ToyRegression)
+  with trainer.workdir_lock(tmp_path):  # as another process holding it would
+    with pytest.raises(trainer.WorkdirInUseError,
+                       match=rf"workdir {tmp_path} is in use by another training run \(pid "
+                             rf"{os.getpid()}\)"):
+      trainer.train(tasks.create_task(_config()), tmp_path)
+  assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+  # Released: the same run now trains.
+  assert trainer.train(tasks.create_task(_config(num_train_steps=2)), tmp_path)["steps"] == 2
+
+
+def test_a_broken_metrics_line_is_skipped_not_fatal(tmp_path):
+  tasks.register_task(ToyRegression)
+  trainer.train(tasks.create_task(_config(num_train_steps=4)), tmp_path)
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 4, "kind": "tra')  # a write cut short (disk full)
+  results = trainer.train(tasks.create_task(_config(num_train_steps=8)), tmp_path)
+  assert results["steps"] == 8 and results["resumed_from_step"] == 4
+  assert (tmp_path / "plots" / "curves.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("field,value", [("batch_size", 0), ("eval_batch_size", 0),
+                                         ("keep_checkpoints", -1), ("log_every_steps", 0)])
+def test_run_settings_out_of_range_fail_before_any_work(tmp_path, field, value):
+  tasks.register_task(ToyRegression)
+  with pytest.raises(ValueError, match=rf"config.{field} must be an integer >= 1; found "
+                                       rf"{value}"):
+    trainer.train(tasks.create_task(_config(**{field: value})), tmp_path / "run")
+  assert not (tmp_path / "run").exists()
