@@ -13,7 +13,9 @@ name               source (module)
                    if it exists; else the TFDS catalog ``mnist`` (download) (``builders/idx.py``)
 ``fashion_mnist``  same with the IDX folder ``fashion-mnist`` (``builders/idx.py``)
 ``cifar10``        same with the folder ``cifar10`` holding CIFAR-10's python version
-                   (``cifar-10-batches-py``, itself or as a subfolder) (``builders/cifar.py``)
+                   (``cifar-10-batches-py``, itself or as a subfolder); when that folder is
+                   absent, the JPEG copy ``cifar10-jpeg/cifar10-jpeg.zip`` if it exists; else
+                   the catalog. ``data_dir`` may also be such a ``.zip`` (``builders/cifar.py``)
 ``idx:<folder>``   any MNIST-layout IDX folder (``builders/idx.py``)
 ``imagefolder:``   a folder of images, ``root/<class>/*.png|jpg|jpeg`` or
 ``<path>``         ``root/{train,test,val}/<class>/...``, or a ``.zip`` of one, with options

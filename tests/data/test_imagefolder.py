@@ -1,8 +1,10 @@
 """The image-folder dataset (``builders/imagefolder.py``) on small folders written here, the
-same from a zip, and the trainer on such a folder."""
+same from a zip, the trainer on such a folder, and CIFAR-10 from the shared JPEG zip."""
 
+import io
 import json
 import os
+import time
 import warnings
 import zipfile
 
@@ -12,9 +14,10 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from jaxvision import data, tasks
-from jaxvision.data import datasets
-from jaxvision.data.builders import imagefolder
+from jaxvision.data import datasets, paths
+from jaxvision.data.builders import cifar, imagefolder
 from jaxvision.training import trainer
+from tests.support import require_data
 from train.configs import digits_cnn
 
 CLASSES = ("cat", "dog", "zebra")  # Written in the order dog, zebra, cat: labels are sorted.
@@ -299,3 +302,54 @@ def test_trainer_runs_on_a_folder(folder, tmp_path):
   losses = [json.loads(l)["loss"] for l in (tmp_path / "run" / "metrics.jsonl").read_text()
             .splitlines() if json.loads(l)["kind"] == "train" and "loss" in json.loads(l)]
   assert len(losses) == 4 and all(np.isfinite(losses))
+
+
+# ------------------------------------------------------------------ CIFAR-10 from its JPEG zip
+
+
+def make_cifar_zip(path, per_class=1):
+  """A tiny stand-in for cifar10-jpeg.zip: {train,test}/<class>/<NNNN>.jpg, 32x32."""
+  rng = np.random.default_rng(2)
+  path.parent.mkdir(parents=True)
+  with zipfile.ZipFile(path, "w") as z:
+    for split in ("train", "test"):
+      for name in cifar.CLASS_NAMES:
+        for i in range(per_class):
+          buf = io.BytesIO()
+          Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, "JPEG")
+          z.writestr(f"{split}/{name}/{i:04d}.jpg", buf.getvalue())
+  return path
+
+
+def test_cifar10_falls_back_to_the_jpeg_zip(tmp_path, monkeypatch):
+  archive = make_cifar_zip(tmp_path / "root" / "cifar10-jpeg" / "cifar10-jpeg.zip")
+  monkeypatch.setenv(paths.ENV_VAR, str(tmp_path / "root"))
+  _, info = data.get_dataset("cifar10")
+  assert info.source == f"image zip {archive}"
+  assert info.class_names == cifar.CLASS_NAMES and info.image_shape == (32, 32, 3)
+  assert info.num_examples == {"train": 10, "test": 10}
+  _, given = data.get_dataset("cifar10", data_dir=archive)
+  assert given == info
+
+
+@pytest.mark.slow
+def test_cifar10_from_the_shared_zip(tmp_path, monkeypatch):
+  shared = require_data("cifar10-jpeg")
+  # A data root holding only the zip, so no python-version folder takes precedence.
+  (tmp_path / "root").mkdir()
+  os.symlink(shared, tmp_path / "root" / "cifar10-jpeg")
+  monkeypatch.setenv(paths.ENV_VAR, str(tmp_path / "root"))
+  t0 = time.perf_counter()
+  builder, info = data.get_dataset("cifar10")
+  print(f"prepared cifar10 from the JPEG zip in {time.perf_counter() - t0:.1f} s")
+  assert info.num_examples == {"train": 50000, "test": 10000}
+  assert info.class_names == cifar.CLASS_NAMES and info.image_shape == (32, 32, 3)
+  assert info.source == f"image zip {shared / 'cifar10-jpeg.zip'}"
+  got = stored(builder, "test")
+  labels = np.array([l for _, l in got.values()])
+  assert np.bincount(labels).tolist() == [1000] * 10
+  with zipfile.ZipFile(shared / "cifar10-jpeg.zip") as z:
+    for name in ("test/airplane/0000.jpg", "test/truck/0999.jpg", "test/cat/0500.jpg"):
+      image, label = got[name]
+      assert label == cifar.CLASS_NAMES.index(name.split("/")[1])
+      np.testing.assert_array_equal(image, np.asarray(Image.open(z.open(name)).convert("RGB")))
