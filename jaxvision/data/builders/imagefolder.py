@@ -405,7 +405,8 @@ class ImageFolderConfig(folder_lib.FolderConfig):
 
   options: ImageFolderOptions = ImageFolderOptions()
   # split -> ((member, label), ...) in the source's order.
-  files: dict[str, tuple[tuple[str, int], ...]] = dataclasses.field(default_factory=dict)
+  files: dict[str, tuple[tuple[str, int], ...]] = dataclasses.field(default_factory=dict,
+                                                                   repr=False)
 
 
 def make_imagefolder_config(path: str | os.PathLike, *, options: ImageFolderOptions,
