@@ -311,9 +311,13 @@ def from_keras(name: str, path: str | os.PathLike, *, input_shape: tuple[int, in
         loaded.add((*module, v))
   fresh = [path_ for path_ in _paths(params) if path_ not in loaded]
   if fresh:
-    init_params = jax.jit(init)(rng, x)["params"]
-    for path_ in fresh:
-      _subtree(params, path_[:-1])[path_[-1]] = _subtree(init_params, path_[:-1])[path_[-1]]
+    # Only the fresh leaves leave the jitted init, so XLA drops the rest of the work.
+    def fresh_init(rng, x):
+      tree = init(rng, x)["params"]
+      return [_subtree(tree, p[:-1])[p[-1]] for p in fresh]
+
+    for path_, value in zip(fresh, jax.jit(fresh_init)(rng, x)):
+      _subtree(params, path_[:-1])[path_[-1]] = value
     print(f"from_keras({name}): not in {os.path.basename(os.fspath(path))}, freshly "
           f"initialised: {', '.join('/'.join(p) for p in fresh)}")
   out = {"params": params}
