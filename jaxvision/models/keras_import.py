@@ -16,8 +16,8 @@ Two file layouts are read (both HDF5, read with ``h5py``):
   one group per layer with attribute ``weight_names``, datasets
   ``<layer>/<layer>/kernel:0``; also found under ``model_weights/`` in whole-model ``.h5`` files;
 * Keras 3's ``.weights.h5`` (``model.save_weights("x.weights.h5")``): ``layers/<class name>[_k]/
-  vars/<i>``, the layer's own name in the ``vars`` group's ``name`` attribute (Keras >= 3.10;
-  older files without it are matched by Keras's layer order).
+  vars/<i>``, the layer's own name in the ``vars`` group's ``name`` attribute where the file
+  stores it (Keras 3.15 does; files without it are matched by Keras's layer order).
 
 Keras's arrays need no transposition: ``Conv2D`` kernels are ``[kh, kw, C_in, C_out]`` and
 ``Dense`` kernels ``[D_in, D_out]`` as Flax's, and Keras flattens NHWC maps in the same order as
@@ -176,7 +176,7 @@ def _read_keras3(root, name: str) -> dict[str, dict[str, np.ndarray]]:
   if named:
     by_layer = {_decode(g.attrs["name"]): g for _, g in groups}
   else:
-    # Files written before Keras 3.10 name a layer's group by its class only (conv2d,
+    # Without the name attributes a layer's group is named by its class only (conv2d,
     # conv2d_1, ...), numbered in Keras's layer order: match the k-th of each class.
     by_group = dict(groups)
     by_layer, counts = {}, {}

@@ -167,7 +167,7 @@ def test_resnet50_notop_features_match_keras(refs):
 
 @pytest.mark.slow
 def test_keras3_file_without_layer_names_is_matched_by_order(refs, tmp_path):
-  """Keras 3 files written before layer names were stored: groups conv2d, conv2d_1, ..."""
+  """A Keras 3 file without the layers' name attributes: groups conv2d, conv2d_1, ..."""
   ref = refs("ResNet50", True)
   path = tmp_path / "unnamed.weights.h5"
   shutil.copy(ref.paths["keras3"], path)
@@ -262,3 +262,14 @@ def test_preprocess_spec_is_keras_preprocess_input(name, module):
   expected = getattr(keras.applications, module).preprocess_input(image.astype(np.float32))
   assert ours.dtype == np.float32
   np.testing.assert_allclose(ours, expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["caffe", "tf", "torch"])
+def test_keras_imagenet_op_modes(mode):
+  from jaxvision.data import preprocess
+  image = np.random.default_rng(1).uniform(0, 255, (5, 4, 3)).astype(np.float32)
+  ours = preprocess.apply_eval(preprocess.parse(f"keras_imagenet('{mode}')"), {"image": image})
+  expected = keras.applications.imagenet_utils.preprocess_input(image.copy(), mode=mode)
+  np.testing.assert_allclose(np.asarray(ours["image"]), expected, rtol=0, atol=1e-4)
+  with pytest.raises(ValueError, match="mode must be 'caffe', 'tf' or 'torch'; found 'bgr'"):
+    preprocess.parse("keras_imagenet('bgr')")
