@@ -6,6 +6,7 @@ from jaxvision.models.rnn import (GRU, LSTM, ConvLSTMCell, ConvLSTMForecaster, R
                                   SequenceClassifier, StackedRNN)
 from jaxvision.models.cnn import (VGG, VGG11, VGG16, LeNet5, ResNet, ResNet18, ResNet34, ResNet50,
                                   SimpleCNN)
+from jaxvision.models.keras_import import from_keras, keras_preprocess_spec
 
 # Names usable in configs (``config.model.name``).
 MODELS = {
