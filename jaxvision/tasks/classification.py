@@ -198,7 +198,10 @@ class ClassificationTask(Task):
   ``optimizer`` (``training.optim``), ``pp_train``/``pp_eval`` (preprocessing specs),
   ``train_split``/``eval_split``, ``batch_size``/``eval_batch_size``, ``num_epochs`` or
   ``num_train_steps``, ``eval_every_steps`` (default: once per epoch), ``label_smoothing``,
-  ``input_shape`` (optional check), ``seed``, ``dtype``.
+  ``input_shape`` (optional check), ``seed``, ``dtype``. Fine-tuning: ``init_from`` (another
+  classification workdir: its best checkpoint's weights wherever names and shapes match),
+  ``head`` (a regular expression naming the head's parameters, e.g. ``'^Dense_1/'``) with
+  ``freeze_backbone`` (train the head only: a linear probe) or ``backbone_lr_multiplier``.
   """
   name = "classification"
   modes = ("train", "evaluate", "predict")
@@ -217,7 +220,9 @@ class ClassificationTask(Task):
     self.builder, self.info = data.get_dataset(config.dataset, data_dir=config.get("data_dir"))
     for split in (config.train_split, config.eval_split):
       pipeline.split_size(self.info, split)  # an unknown split fails here, not after an epoch
-    self._tx, self._schedule = optim.make_optimizer(config.optimizer, self.total_steps())
+    self._tx, self._schedule = self._optimizer(self.total_steps())
+    if config.get("init_from"):
+      trainer.load_config(config.init_from)  # a missing workdir fails now, not after set-up
 
   def total_steps(self) -> int:
     config = self.config
@@ -251,6 +256,21 @@ class ClassificationTask(Task):
         "pp_eval": config.pp_eval,
     }
 
+  def _optimizer(self, total_steps: int):
+    """``(tx, schedule)``: ``config.optimizer``, with the head/backbone groups when
+    ``config.head`` is set."""
+    config = self.config
+    tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
+    if config.get("head"):
+      tx = optim.with_param_groups(
+          tx, head=config.head, freeze_backbone=config.get("freeze_backbone", False),
+          backbone_lr_multiplier=config.get("backbone_lr_multiplier", 1.0))
+    elif config.get("freeze_backbone") or config.get("backbone_lr_multiplier", 1.0) != 1.0:
+      raise ValueError("config.freeze_backbone and config.backbone_lr_multiplier need "
+                       "config.head, a regular expression naming the head's parameters "
+                       "(e.g. '^Dense_1/')")
+    return tx, schedule
+
   def create_state(self, example_batch, mesh, *, abstract: bool):
     config = self.config
     input_shape = example_batch["image"].shape[1:]
@@ -263,7 +283,27 @@ class ClassificationTask(Task):
     state = state_lib.create_train_state(
         create_model(config, self.info.num_classes), self._tx, input_shape=input_shape,
         rng=jax.random.PRNGKey(config.seed), mesh=mesh, abstract=abstract)
+    if config.get("init_from") and not abstract:  # a resumed run has them in its checkpoint
+      state = self._initialize_from(state, config.init_from, mesh)
     return state, self._meta(input_shape)
+
+  def _initialize_from(self, state, workdir, mesh):
+    """``state`` with the parameters and BatchNorm statistics of another classification
+    workdir's best checkpoint wherever names and shapes match (a new head, or layers of
+    another size, keep their fresh initialisation and are listed)."""
+    _, variables, meta = load_classifier(workdir)
+    params, loaded, skipped = state_lib.load_matching(state.params, variables["params"])
+    stats, _, skipped_stats = state_lib.load_matching(state.batch_stats,
+                                                      variables.get("batch_stats", {}))
+    print(f"init_from {workdir} (step {meta['checkpoint_step']}, {meta['model']} on "
+          f"{meta['dataset']}): loaded {len(loaded)} of {len(loaded) + len(skipped)} parameter "
+          f"arrays" + (f"; freshly initialised: {', '.join(skipped + skipped_stats)}"
+                       if skipped or skipped_stats else ""))
+    if not loaded:
+      raise ValueError(f"config.init_from={workdir!r}: no parameter of its "
+                       f"{meta['model']!r} fits this {self.config.model.name!r} model")
+    opt_state = jax.jit(self._tx.init, out_shardings=sharding.replicated(mesh))(params)
+    return state.replace(params=params, batch_stats=stats, opt_state=opt_state)
 
   def make_train_step(self):
     return make_train_step(label_smoothing=self.config.get("label_smoothing", 0.0))
@@ -308,7 +348,7 @@ class ClassificationTask(Task):
   def restore_target(self, meta: dict, mesh):
     config = self.config
     model = create_model(config, meta["num_classes"])
-    tx, _ = optim.make_optimizer(config.optimizer, _schedule_steps(config))
+    tx, _ = self._optimizer(_schedule_steps(config))
     state = state_lib.create_train_state(model, tx, input_shape=meta["input_shape"],
                                          rng=jax.random.PRNGKey(0), mesh=mesh, abstract=True)
     return state, dict(meta, model=config.model.name)

@@ -27,6 +27,7 @@ silently ignored.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -178,3 +179,46 @@ def make_optimizer(cfg: OptimizerConfig = None, total_steps: int | None = None,
     raise ValueError(f"unknown optimizer {name!r}; expected one of "
                      f"{', '.join(repr(o) for o in OPTIMIZERS)}")
   return optax.chain(*parts), schedule
+
+
+def path_name(path) -> str:
+  """``'Conv_0/kernel'`` for a pytree key path of a params tree."""
+  return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+
+
+def with_param_groups(tx: optax.GradientTransformation, *, head: str,
+                      freeze_backbone: bool = False,
+                      backbone_lr_multiplier: float = 1.0) -> optax.GradientTransformation:
+  """``tx`` for the head, and for the rest (the backbone) frozen or at a scaled rate.
+
+  Args:
+    tx: the optimizer (from :func:`make_optimizer`).
+    head: a regular expression; parameters whose path (``'Dense_1/kernel'``) it finds
+      (``re.search``) are the head and train with ``tx`` as it is.
+    freeze_backbone: the other parameters get zero updates (a linear probe when the head is
+      the last layer).
+    backbone_lr_multiplier: otherwise, their updates are ``tx``'s scaled by this factor
+      (a lower learning rate for a pretrained backbone), in ``(0, 1]`` typically.
+
+  Raises:
+    ValueError: a pattern that does not compile or a multiplier <= 0.
+  """
+  try:
+    pattern = re.compile(head)
+  except re.error as e:
+    raise ValueError(f"config.head must be a regular expression; found {head!r} ({e})") from None
+  if not backbone_lr_multiplier > 0:
+    raise ValueError(f"backbone_lr_multiplier must be > 0; found {backbone_lr_multiplier!r}")
+
+  def labels(params):
+    def label(path, _):
+      return "head" if pattern.search(path_name(path)) else "backbone"
+    tree = jax.tree_util.tree_map_with_path(label, params)
+    if "head" not in jax.tree.leaves(tree):
+      names = sorted(path_name(p) for p, _ in jax.tree_util.tree_leaves_with_path(params))
+      raise ValueError(f"config.head={head!r} matches no parameter; parameters: {names[:12]}")
+    return tree
+
+  backbone = (optax.set_to_zero() if freeze_backbone
+              else optax.chain(tx, optax.scale(backbone_lr_multiplier)))
+  return optax.multi_transform({"head": tx, "backbone": backbone}, labels)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax.training import train_state
 
+from jaxvision.training import optim
 from jaxvision.training.sharding import replicated
 
 
@@ -47,3 +48,27 @@ def create_train_state(model, tx, *, input_shape, rng, mesh=None, dtype=None,
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=out_sharding),
                         jax.eval_shape(init))
   return jax.jit(init, out_shardings=out_sharding)()
+
+
+def load_matching(target, source) -> tuple[Any, list[str], list[str]]:
+  """``target`` (a params or batch_stats tree) with every leaf taken from ``source`` where
+  ``source`` has a leaf of the same path and shape.
+
+  Returns:
+    ``(tree, loaded, not_loaded)``: the merged tree (leaves keep ``target``'s dtype and
+    placement) and the ``'/'``-joined paths that were and were not taken from ``source``
+    (a new head, or layers whose shapes differ, are ``not_loaded``).
+  """
+  flat_source = {optim.path_name(p): v for p, v in jax.tree_util.tree_leaves_with_path(source)}
+  loaded, not_loaded = [], []
+
+  def take(path, leaf):
+    name = optim.path_name(path)
+    value = flat_source.get(name)
+    if value is None or tuple(value.shape) != tuple(leaf.shape):
+      not_loaded.append(name)
+      return leaf
+    loaded.append(name)
+    return jax.device_put(jnp.asarray(value, leaf.dtype), leaf.sharding)
+
+  return jax.tree_util.tree_map_with_path(take, target), loaded, not_loaded

@@ -192,6 +192,38 @@ def test_predict_needs_a_positive_top_k(tmp_path):
     task.predict(tmp_path, images=["a.png"], top_k=0)
 
 
+def test_init_from_another_workdir_with_a_frozen_backbone(tmp_path, capsys):
+  """A probe on a trained workdir's features: the convolutions come from its best checkpoint
+  and stay exactly as they were; the resized dense layers start fresh and train."""
+  base = _config(num_train_steps=8, eval_every_steps=8)
+  _train(base, tmp_path / "base")
+  trained = jax.device_get(trainer.restore(classification.ClassificationTask(base),
+                                           tmp_path / "base").state.params)
+  probe = _config(num_train_steps=4, eval_every_steps=4, init_from=str(tmp_path / "base"),
+                  head="^Dense_", freeze_backbone=True)
+  probe.model.hidden = 32  # Dense_0 and Dense_1 change shape: not loaded
+  capsys.readouterr()
+  _train(probe, tmp_path / "probe")
+  out = capsys.readouterr().out
+  print(out.splitlines()[0])
+  assert ("loaded 5 of 8 parameter arrays; freshly initialised: Dense_0/bias, Dense_0/kernel, "
+          "Dense_1/kernel") in out
+  after = jax.device_get(trainer.restore(classification.ClassificationTask(probe),
+                                         tmp_path / "probe", "latest").state.params)
+  backbone = [k for k in after if not k.startswith("Dense_")]
+  assert backbone
+  for name in backbone:
+    for a, b in zip(jax.tree.leaves(after[name]), jax.tree.leaves(trained[name])):
+      np.testing.assert_array_equal(a, b)
+  assert after["Dense_1"]["kernel"].shape == (32, 10)
+
+
+def test_init_from_a_missing_workdir_fails_before_training(tmp_path):
+  with pytest.raises(FileNotFoundError, match="no config.json in"):
+    _train(_config(init_from=str(tmp_path / "nowhere")), tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+
+
 def test_checkpoint_of_another_dataset_is_refused_naming_both(tmp_path):
   """A workdir trained on one dataset, resumed with another of the same shapes and classes:
   an error naming both datasets, and the workdir (checkpoints, config.json) is kept."""

@@ -141,3 +141,25 @@ def test_bad_fields_are_clear_errors():
     optim.make_optimizer(name="adam", learning_rate=0.1, schedule="onecycle")
   with pytest.raises(TypeError, match="ConfigDict, a Mapping or None; found list"):
     optim.make_optimizer([("name", "sgd")], 10)
+
+
+def test_param_groups_scale_or_freeze_the_backbone_and_leave_the_head():
+  params = {"head": {"kernel": jnp.ones((3, 2))}, "conv": {"kernel": jnp.ones((2, 2, 1, 3))}}
+  grads = jax.tree.map(lambda p: jnp.full(p.shape, 0.3) * jnp.arange(p.size).reshape(p.shape),
+                       params)
+  tx, _ = optim.make_optimizer(name="adamw", learning_rate=0.1, weight_decay=0.01)
+  plain, _ = tx.update(grads, tx.init(params), params)
+  for multiplier in (0.5, 1.0):
+    grouped = optim.with_param_groups(tx, head="^head/", backbone_lr_multiplier=multiplier)
+    updates, _ = grouped.update(grads, grouped.init(params), params)
+    np.testing.assert_array_equal(updates["head"]["kernel"], plain["head"]["kernel"])
+    np.testing.assert_allclose(updates["conv"]["kernel"], multiplier * plain["conv"]["kernel"],
+                               rtol=1e-6)
+  frozen = optim.with_param_groups(tx, head="^head/", freeze_backbone=True)
+  updates, _ = frozen.update(grads, frozen.init(params), params)
+  np.testing.assert_array_equal(updates["conv"]["kernel"], 0.0)
+  np.testing.assert_array_equal(updates["head"]["kernel"], plain["head"]["kernel"])
+  with pytest.raises(ValueError, match=r"config.head='\^fc/' matches no parameter"):
+    optim.with_param_groups(tx, head="^fc/").init(params)
+  with pytest.raises(ValueError, match="backbone_lr_multiplier must be > 0; found 0"):
+    optim.with_param_groups(tx, head="^head/", backbone_lr_multiplier=0)
