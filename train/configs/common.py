@@ -29,6 +29,13 @@ def classification_config() -> ml_collections.ConfigDict:
       "b1": 0.9, "b2": 0.999, "pct_start": 0.25, "end_lr_fraction": 0.0,
   })
   c.label_smoothing = 0.0
+  # Fine-tuning: start from another classification workdir's best checkpoint (weights wherever
+  # names and shapes match); `head` is a regular expression naming the head's parameters (e.g.
+  # '^Dense_1/'); the backbone (the rest) is frozen or trained at a scaled learning rate.
+  c.init_from = ""
+  c.head = ""
+  c.freeze_backbone = False
+  c.backbone_lr_multiplier = 1.0
 
   c.seed = 0
   c.batch_size = 128
