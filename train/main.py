@@ -78,7 +78,8 @@ def main(argv):
     params = inspect.signature(mode).parameters
     kwargs = {name: FLAGS[name].value for name in params if name != "workdir"}
     print(task.format_result(FLAGS.mode, mode(FLAGS.workdir, **kwargs)))
-  except (ValueError, FileNotFoundError, FloatingPointError) as e:
+  except (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError,
+          trainer.WorkdirInUseError) as e:
     # Bad input: say what was expected and what was found, without a deep traceback.
     raise SystemExit(f"error: {type(e).__name__}: {e}") from None
 

@@ -13,8 +13,15 @@ name               source (module)
                    if it exists; else the TFDS catalog ``mnist`` (download) (``builders/idx.py``)
 ``fashion_mnist``  same with the IDX folder ``fashion-mnist`` (``builders/idx.py``)
 ``cifar10``        same with the folder ``cifar10`` holding CIFAR-10's python version
-                   (``cifar-10-batches-py``, itself or as a subfolder) (``builders/cifar.py``)
+                   (``cifar-10-batches-py``, itself or as a subfolder); when that folder is
+                   absent, the JPEG copy ``cifar10-jpeg/cifar10-jpeg.zip`` if it exists; else
+                   the catalog. ``data_dir`` may also be such a ``.zip`` (``builders/cifar.py``)
 ``idx:<folder>``   any MNIST-layout IDX folder (``builders/idx.py``)
+``imagefolder:``   a folder of images, ``root/<class>/*.png|jpg|jpeg`` or
+``<path>``         ``root/{train,test,val}/<class>/...``, or a ``.zip`` of one, with options
+                   after ``?`` (``imagefolder:/x?size=64&validation_split=0.1``); an existing
+                   folder or ``.zip`` given as the name is read the same way
+                   (``builders/imagefolder.py``)
 =================  ==========================================================================
 
 Our builders write prepared records under ``paths.tfds_dir()``; catalog datasets use TFDS's
@@ -28,14 +35,16 @@ Registering a dataset::
     return builder, datasets.info_from_builder(builder, name, "my source")
 
 A prefix registration (``register_dataset("idx", prefix=True, arg="folder")``) serves every
-name ``idx:<folder>``; its resolver is called with the part after ``idx:``.
+name ``idx:<folder>``; its resolver is called with the part after ``idx:``. A prefix
+registration with ``serves_paths=fn`` also serves every otherwise unknown name for which
+``fn(name)`` is true (e.g. an existing folder); its resolver is then called with the whole name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import tensorflow_datasets as tfds
 
@@ -60,6 +69,8 @@ class DatasetInfo:
 # registered name, or for a prefix registration the text after ``<prefix>:``; ``data_dir`` is
 # the caller's folder or None.
 Resolver = Callable[[str, str | os.PathLike | None], tuple[tfds.core.DatasetBuilder, DatasetInfo]]
+# ``(path, fn(path) -> builder not yet prepared)``: one local copy of a dataset.
+LocalSource = tuple[os.PathLike, Callable[[os.PathLike], tfds.core.DatasetBuilder]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +79,7 @@ class _Entry:
   prefix: bool
   arg: str                 # placeholder shown for a prefix registration, e.g. 'folder'
   takes_data_dir: bool
+  serves_paths: Callable[[str], bool] | None  # unknown names this prefix also serves
 
   def display(self, name: str) -> str:
     return f"{name}{PREFIX_SEP}<{self.arg}>" if self.prefix else name
@@ -78,7 +90,9 @@ _REGISTRY: dict[str, _Entry] = {}
 
 
 def register_dataset(name: str, *, prefix: bool = False, arg: str = "arg",
-                     takes_data_dir: bool = True) -> Callable[[Resolver], Resolver]:
+                     takes_data_dir: bool = True,
+                     serves_paths: Callable[[str], bool] | None = None
+                     ) -> Callable[[Resolver], Resolver]:
   """Decorator registering a resolver for the dataset ``name`` (see the module docstring).
 
   Args:
@@ -88,21 +102,27 @@ def register_dataset(name: str, *, prefix: bool = False, arg: str = "arg",
     arg: what follows the prefix, shown in the list of registered names (``idx:<folder>``).
     takes_data_dir: False when a ``data_dir`` means nothing for this dataset;
       :func:`get_dataset` then rejects one before calling the resolver.
+    serves_paths: with ``prefix=True``, ``fn(name) -> bool``: a name that is neither
+      registered nor ``<prefix>:...`` and for which ``fn`` is true (e.g. an existing folder)
+      goes whole to this resolver, as if given as ``<name>:<name>``.
 
   Returns:
     A decorator that registers ``fn(name_or_arg, data_dir) -> (builder, DatasetInfo)`` and
     returns it unchanged.
 
   Raises:
-    ValueError: ``name`` is empty, holds ``':'``, or is already registered.
+    ValueError: ``name`` is empty, holds ``':'``, or is already registered; ``serves_paths``
+      without ``prefix``.
   """
   if not name or PREFIX_SEP in name:
     raise ValueError(f"dataset name must be non-empty without {PREFIX_SEP!r}; got {name!r}")
+  if serves_paths is not None and not prefix:
+    raise ValueError(f"dataset {name!r}: serves_paths needs prefix=True")
 
   def decorator(fn: Resolver) -> Resolver:
     if name in _REGISTRY:
       raise ValueError(f"dataset {_REGISTRY[name].display(name)!r} is already registered")
-    _REGISTRY[name] = _Entry(fn, prefix, arg, takes_data_dir)
+    _REGISTRY[name] = _Entry(fn, prefix, arg, takes_data_dir, serves_paths)
     return fn
 
   return decorator
@@ -112,7 +132,7 @@ def registered_datasets() -> tuple[str, ...]:
   """The registered names, exact names first then prefixes as ``prefix:<arg>``.
 
   Each group is in registration order, e.g.
-  ``('digits', 'mnist', 'fashion_mnist', 'cifar10', 'idx:<folder>')``.
+  ``('digits', 'mnist', 'fashion_mnist', 'cifar10', 'idx:<folder>', 'imagefolder:<path>')``.
   """
   exact = [n for n, e in _REGISTRY.items() if not e.prefix]
   prefixes = [e.display(n) for n, e in _REGISTRY.items() if e.prefix]
@@ -131,7 +151,13 @@ def _lookup(name: str) -> tuple[_Entry, str]:
       raise ValueError(f"dataset {entry.display(head)!r} needs a {entry.arg} after "
                        f"'{head}{PREFIX_SEP}', got {name!r}")
     return entry, arg
-  raise ValueError(f"unknown dataset {name!r}; known: {', '.join(registered_datasets())}")
+  path_entries = [(n, e) for n, e in _REGISTRY.items() if e.serves_paths is not None]
+  for _, entry in path_entries:
+    if entry.serves_paths(name):
+      return entry, name
+  paths_hint = "".join(f"; or a path that {e.display(n)} reads" for n, e in path_entries)
+  raise ValueError(f"unknown dataset {name!r}; known: {', '.join(registered_datasets())}"
+                   f"{paths_hint}")
 
 
 def get_dataset(name: str, *,
@@ -141,10 +167,12 @@ def get_dataset(name: str, *,
 
   Args:
     name: a registered name (``registered_datasets()``; see the module docstring), e.g.
-      'digits', 'mnist', 'fashion_mnist', 'cifar10' or 'idx:<folder>'.
+      'digits', 'mnist', 'fashion_mnist', 'cifar10', 'idx:<folder>' or
+      'imagefolder:<path>', or an existing image folder or ``.zip`` (read as
+      'imagefolder:<path>').
     data_dir: for 'mnist', 'fashion_mnist' and 'cifar10', the local folder to read (it must
       be complete); rejected for datasets registered with ``takes_data_dir=False`` ('digits',
-      'idx:<folder>').
+      'idx:<folder>', 'imagefolder:<path>').
 
   Returns:
     ``(builder, info)``; the builder is prepared (records written) and ready for
@@ -192,7 +220,8 @@ def _catalog_builder(name: str) -> tfds.core.DatasetBuilder:
 
 
 def local_or_catalog(name: str, data_dir: str | os.PathLike | None, *, folder_name: str,
-                     make_builder: Callable[[os.PathLike], tfds.core.DatasetBuilder]
+                     make_builder: Callable[[os.PathLike], tfds.core.DatasetBuilder],
+                     alternatives: Sequence[LocalSource] = ()
                      ) -> tuple[tfds.core.DatasetBuilder, DatasetInfo]:
   """A dataset read from a local folder when there is one, else from the TFDS catalog.
 
@@ -202,6 +231,9 @@ def local_or_catalog(name: str, data_dir: str | os.PathLike | None, *, folder_na
     folder_name: the folder under the data root (``paths.local_dataset_dir``) used when
       ``data_dir`` is None, e.g. 'fashion-mnist'.
     make_builder: ``fn(folder) -> builder`` (not yet prepared) for a local folder.
+    alternatives: other local copies, ``(path, fn(path) -> builder)``, tried in order when
+      ``data_dir`` is None and the folder is absent (e.g. a zip of JPEGs under the data root),
+      before the catalog.
 
   Returns:
     ``(prepared builder, info)``; ``info.source`` is the folder builder's description (e.g.
@@ -212,14 +244,20 @@ def local_or_catalog(name: str, data_dir: str | os.PathLike | None, *, folder_na
       download (both causes named).
   """
   folder = data_dir if data_dir is not None else paths.local_dataset_dir(folder_name)
-  if data_dir is not None or os.path.exists(folder):
-    builder = prepare(make_builder(folder))
-    return builder, info_from_builder(builder, name, builder.builder_config.description)
+  local = [(folder, make_builder)]
+  if data_dir is None:
+    local += list(alternatives)
+  for path, make in local:
+    if data_dir is not None or os.path.exists(path):
+      builder = prepare(make(path))
+      return builder, info_from_builder(builder, name, builder.builder_config.description)
   try:
     builder = _catalog_builder(name)
   except Exception as e:  # pylint: disable=broad-except
+    tried = (f"the local folder {folder} was not found" if len(local) == 1 else
+             f"none of its local copies ({', '.join(str(p) for p, _ in local)}) was found")
     raise FileNotFoundError(
-        f"dataset {name!r}: the local folder {folder} was not found, and preparing the TFDS "
+        f"dataset {name!r}: {tried}, and preparing the TFDS "
         f"catalog dataset {name!r} failed ({type(e).__name__}: {e}). Provide the data locally "
         f"(set ${paths.ENV_VAR} to the data root) or make the TFDS download work.") from e
   return builder, info_from_builder(builder, name, f"TFDS catalog {name}")

@@ -369,6 +369,41 @@ def normalize(mean, std) -> Op:
   return _image_op(fn)
 
 
+# Keras Applications' ``imagenet_utils.preprocess_input`` modes.
+KERAS_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+
+
+@register("keras_imagenet")
+def keras_imagenet(mode: str = "caffe") -> Op:
+  """Keras's ``keras.applications.imagenet_utils.preprocess_input(x, mode=mode)``.
+
+  Input: an RGB ``[H, W, 3]`` image, uint8 or float with values in ``[0, 255]``; float32 out.
+
+  * ``'caffe'`` (VGG16, ResNet50): RGB -> BGR, then minus ``[103.939, 116.779, 123.68]``
+    (BGR order); values stay on the 0-255 scale.
+  * ``'tf'``: ``x / 127.5 - 1`` (range ``[-1, 1]``).
+  * ``'torch'``: ``x / 255``, then ``(x - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]``.
+  """
+  if mode not in ("caffe", "tf", "torch"):
+    raise ValueError(f"keras_imagenet: mode must be 'caffe', 'tf' or 'torch'; found {mode!r}")
+
+  def fn(image, rng):
+    del rng
+    if image.shape[-1] != 3:
+      raise ValueError(f"keras_imagenet expects an RGB image [H, W, 3]; found shape "
+                       f"{image.shape}")
+    x = tf.cast(image, tf.float32)
+    if mode == "tf":
+      return x / 127.5 - 1.0
+    if mode == "torch":
+      return (x / 255.0 - tf.constant(IMAGENET_MEAN_RGB)) / tf.constant(IMAGENET_STD_RGB)
+    return x[..., ::-1] - tf.constant(KERAS_CAFFE_MEAN_BGR)
+
+  return _image_op(fn)
+
+
 @register("grayscale_to_rgb")
 def grayscale_to_rgb() -> Op:
   """Repeats a 1-channel image to 3 channels; 3-channel images pass through."""

@@ -12,6 +12,7 @@ from jaxvision.models.rnn import (GRU, LSTM, ConvLSTMCell, ConvLSTMForecaster, R
 from jaxvision.models.cnn import (VGG, VGG11, VGG16, LeNet5, ResNet, ResNet18, ResNet34, ResNet50,
                                   SimpleCNN)
 from jaxvision.models.efficientnet import EfficientNetLite, EfficientNetLite0
+from jaxvision.models.keras_import import from_keras, keras_preprocess_spec
 from jaxvision.models.pretrained import (MissingWeightsError, imagenet_class_names,
                                          preprocessing, pretrained_variables)
 

@@ -116,9 +116,13 @@ class VGG(nn.Module):
 
   Input ``[B, H, W, C]`` -> logits ``[B, num_classes]``; ``out['pre_logits']``:
   ``[B, classifier_width]``; ``out['features']``: the last conv map ``[B, H/32, W/32, 512]``.
+
+  ``num_classes=None`` builds the convolutional part only (Keras's ``include_top=False``: no
+  Dense layers); the first output is then ``out['pre_logits']``, the flattened last conv map
+  ``[B, H/32 * W/32 * 512]``.
   """
   layers: Sequence[Any] = VGG_CONFIGS["vgg11"]
-  num_classes: int = 10
+  num_classes: int | None = 10
   batch_norm: bool = False
   classifier_width: int = 512
   dropout_rate: float = 0.5
@@ -143,6 +147,9 @@ class VGG(nn.Module):
       x = nn.relu(x)
     features = x
     x = x.reshape((x.shape[0], -1))
+    if self.num_classes is None:
+      pre_logits = x.astype(jnp.float32)
+      return pre_logits, {"pre_logits": pre_logits, "features": features}
     for _ in range(2):
       x = nn.relu(nn.Dense(self.classifier_width, dtype=self.dtype)(x))
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -177,17 +184,24 @@ class ResNetBlock(nn.Module):
 
 
 class BottleneckResNetBlock(nn.Module):
-  """Bottleneck block (1x1, 3x3, 1x1 x4), as in ResNet-50; stride on the 3x3 conv."""
+  """Bottleneck block (1x1, 3x3, 1x1 x4), as in ResNet-50.
+
+  The stride is on the 3x3 conv (v1.5) unless ``stride_in_1x1`` puts it on the first 1x1 conv
+  (the original v1, as Keras's ``ResNet50``).
+  """
   filters: int
   conv: ModuleDef
   norm: ModuleDef
   strides: tuple[int, int] = (1, 1)
+  stride_in_1x1: bool = False
 
   @nn.compact
   def __call__(self, x):
     residual = x
-    y = nn.relu(self.norm()(self.conv(self.filters, (1, 1))(x)))
-    y = nn.relu(self.norm()(self.conv(self.filters, (3, 3), self.strides)(y)))
+    strides_1x1, strides_3x3 = ((self.strides, (1, 1)) if self.stride_in_1x1
+                                else ((1, 1), self.strides))
+    y = nn.relu(self.norm()(self.conv(self.filters, (1, 1), strides_1x1)(x)))
+    y = nn.relu(self.norm()(self.conv(self.filters, (3, 3), strides_3x3)(y)))
     y = self.conv(self.filters * 4, (1, 1))(y)
     y = self.norm(scale_init=nn.initializers.zeros_init())(y)
     if residual.shape != y.shape:
@@ -208,12 +222,26 @@ class ResNet(nn.Module):
   Input ``[B, H, W, C]`` -> logits ``[B, num_classes]``. ``out['pre_logits']``: ``[B, 512]``
   (basic blocks) or ``[B, 2048]`` (bottlenecks); ``out['stem']`` and ``out['stage_1']`` ..
   ``out['stage_4']``: feature maps at strides 1|4, 1|4, 2|8, 4|16, 8|32 (cifar|imagenet stem).
+  ``num_classes=None`` leaves out the Dense layer; the first output is then ``out['pre_logits']``.
+
+  Variants (the defaults are v1.5 as above; Keras's ``ResNet50``, the original v1, is
+  ``stride_in_1x1=True, conv_bias=True, bn_epsilon=1.001e-5, stem_pool_padding=((1, 1), (1, 1))``):
+
+  * ``stride_in_1x1``: bottleneck blocks stride their first 1x1 conv instead of the 3x3 conv.
+  * ``conv_bias``: convolutions have a bias (as well as the BatchNorm's).
+  * ``bn_epsilon``: BatchNorm's epsilon.
+  * ``stem_pool_padding``: padding of the imagenet stem's 3x3/2 max pool, ``'SAME'`` or
+    ``((top, bottom), (left, right))`` (padded values never win: the pool follows a ReLU).
   """
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   block_cls: ModuleDef = ResNetBlock
-  num_classes: int = 1000
+  num_classes: int | None = 1000
   num_filters: int = 64
   stem: str = "imagenet"
+  stride_in_1x1: bool = False
+  conv_bias: bool = False
+  bn_epsilon: float = 1e-5
+  stem_pool_padding: Any = "SAME"
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -223,15 +251,21 @@ class ResNet(nn.Module):
       raise ValueError(f"ResNet stem must be 'imagenet' or 'cifar'; found {self.stem!r}")
     # layers.Conv: in the CPU backend its strided convolutions' input gradients skip the
     # stride's zeros (ResNet-18 CIFAR figures: benchmarks/RESULTS.md).
-    conv = functools.partial(Conv, use_bias=False, dtype=self.dtype, padding="SAME")
+    block_cls = self.block_cls
+    if self.stride_in_1x1:
+      if not hasattr(block_cls, "stride_in_1x1"):
+        raise ValueError(f"ResNet stride_in_1x1=True needs bottleneck blocks; found block_cls "
+                         f"{getattr(block_cls, '__name__', block_cls)}")
+      block_cls = functools.partial(block_cls, stride_in_1x1=True)
+    conv = functools.partial(Conv, use_bias=self.conv_bias, dtype=self.dtype, padding="SAME")
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, dtype=self.dtype)
+                             epsilon=self.bn_epsilon, dtype=self.dtype)
     out = {}
     x = x.astype(self.dtype)
     if self.stem == "imagenet":
       x = conv(self.num_filters, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], name="conv_init")(x)
       x = nn.relu(norm(name="bn_init")(x))
-      x = max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+      x = max_pool(x, (3, 3), strides=(2, 2), padding=self.stem_pool_padding)
     else:
       x = conv(self.num_filters, (3, 3), name="conv_init")(x)
       x = nn.relu(norm(name="bn_init")(x))
@@ -239,10 +273,12 @@ class ResNet(nn.Module):
     for i, block_size in enumerate(self.stage_sizes):
       for j in range(block_size):
         strides = (2, 2) if i > 0 and j == 0 else (1, 1)
-        x = self.block_cls(self.num_filters * 2 ** i, strides=strides, conv=conv, norm=norm)(x)
+        x = block_cls(self.num_filters * 2 ** i, strides=strides, conv=conv, norm=norm)(x)
       out[f"stage_{i + 1}"] = x
     x = global_average_pool(x)
     out["pre_logits"] = x.astype(jnp.float32)
+    if self.num_classes is None:
+      return out["pre_logits"], out
     logits = nn.Dense(self.num_classes, dtype=self.dtype)(x)
     return logits.astype(jnp.float32), out
 

@@ -460,16 +460,20 @@ def pretrained_variables(name: str, *, num_classes: int | None = None, rng=None,
     return jax.tree_util.tree_map(jnp.asarray, pretrained), []
   model = spec.model(num_classes=num_classes)
   rng = jax.random.PRNGKey(0) if rng is None else rng
-  fresh = jax.jit(functools.partial(model.init, train=False))(
-      rng, jnp.zeros((1, *spec.input_shape), jnp.float32))
   old = traverse_util.flatten_dict(pretrained)
-  merged, not_loaded = {}, []
-  for path, value in traverse_util.flatten_dict(fresh).items():
-    if path in old and old[path].shape == value.shape:
-      merged[path] = jnp.asarray(old[path])
-    else:
-      merged[path] = value
-      not_loaded.append("/".join(path))
+  target = traverse_util.flatten_dict(_abstract_variables(spec, num_classes))
+  fresh = [path for path, leaf in target.items()
+           if path not in old or old[path].shape != leaf.shape]
+
+  def init_fresh(rng, x):  # only the fresh leaves are outputs, so XLA drops the rest
+    variables = traverse_util.flatten_dict(model.init(rng, x, train=False))
+    return [variables[path] for path in fresh]
+
+  merged = {path: jnp.asarray(old[path]) for path in target if path not in fresh}
+  if fresh:
+    x = jnp.zeros((1, *spec.input_shape), jnp.float32)
+    merged.update(zip(fresh, jax.jit(init_fresh)(rng, x)))
+  not_loaded = sorted("/".join(path) for path in fresh)
   if not_loaded:
     _log.warning("%s with %d classes: not loaded (freshly initialised): %s", name, num_classes,
                  ", ".join(not_loaded))

@@ -203,13 +203,21 @@ class ClassificationTask(Task):
   name = "classification"
   modes = ("train", "evaluate", "predict")
   best_metric, best_mode = "accuracy", "max"
-  check_keys = ("model", "num_classes", "input_shape")
+  # Resuming needs the same model, classes, input shape and dataset (a checkpoint of another
+  # dataset is an error naming both, never a silent no-op).
+  check_keys = ("model", "num_classes", "input_shape", "dataset")
   progress_metrics = ("loss", "accuracy")
   throughput_name = "images_per_s"
 
   def prepare(self):
     config = self.config
+    if config.get("num_train_steps", -1) <= 0 and not config.get("num_epochs", 0) > 0:
+      raise ValueError(f"config.num_epochs must be > 0 (or set config.num_train_steps > 0); "
+                       f"found num_epochs={config.get('num_epochs')!r}")
     self.builder, self.info = data.get_dataset(config.dataset, data_dir=config.get("data_dir"))
+    for split in (config.train_split, config.eval_split):
+      pipeline.split_size(self.info, split)  # an unknown split fails here, not after an epoch
+    self._tx, self._schedule = optim.make_optimizer(config.optimizer, self.total_steps())
 
   def total_steps(self) -> int:
     config = self.config
@@ -252,9 +260,8 @@ class ClassificationTask(Task):
           f"the model is configured for images of shape {tuple(expected)} (config.input_shape) "
           f"but the input pipeline produces {tuple(input_shape)}; fix config.pp_train/pp_eval "
           f"or config.input_shape")
-    tx, self._schedule = optim.make_optimizer(config.optimizer, self.total_steps())
     state = state_lib.create_train_state(
-        create_model(config, self.info.num_classes), tx, input_shape=input_shape,
+        create_model(config, self.info.num_classes), self._tx, input_shape=input_shape,
         rng=jax.random.PRNGKey(config.seed), mesh=mesh, abstract=abstract)
     return state, self._meta(input_shape)
 
@@ -331,6 +338,8 @@ class ClassificationTask(Task):
     ``{'label', 'class_id', 'probability'}``."""
     if not images:
       raise ValueError("no images given: pass --images=a.png,b.jpg")
+    if not (isinstance(top_k, int) and top_k >= 1):
+      raise ValueError(f"top_k must be a positive number of labels; found {top_k!r}")
     restored = trainer.restore(self, workdir, checkpoint)
     return predict_files(restored.state, restored.meta, images, top_k=top_k)
 

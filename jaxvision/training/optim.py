@@ -116,6 +116,8 @@ def make_schedule(cfg: OptimizerConfig = None, total_steps: int | None = None,
   """
   fields = resolve_config(cfg, required=("learning_rate",), **kwargs)
   lr = fields["learning_rate"]
+  if not lr > 0:
+    raise ValueError(f"optimizer learning_rate must be > 0; found {lr!r}")
   name = fields["schedule"]
   if name == "constant":
     return optax.constant_schedule(lr)

@@ -8,6 +8,7 @@ under ``train/<name>`` and ``eval/<name>``.
 from __future__ import annotations
 
 import json
+import logging
 import pathlib
 from typing import Any, Mapping
 
@@ -52,7 +53,15 @@ def read_metrics(path) -> list[dict]:
   path = pathlib.Path(path)
   if not path.exists():
     return []
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  records = []
+  for number, line in enumerate(path.read_text().splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      records.append(json.loads(line))
+    except json.JSONDecodeError:  # e.g. a line cut short when a disk filled up
+      logging.warning("%s line %d is not JSON (a write cut short?); skipped", path, number)
+  return records
 
 
 def _to_python(v):

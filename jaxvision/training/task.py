@@ -118,7 +118,9 @@ class Task:
     return every if every > 0 else self.total_steps()
 
   def train_batches(self, start_step: int) -> Iterator[Batch]:
-    """Host-local train batches; the first is the batch of step ``start_step + 1``."""
+    """Endless host-local train batches; the first is the batch of step ``start_step + 1``
+    (a function of the seed and the step only, so a resumed run sees what an uninterrupted
+    run sees)."""
     raise NotImplementedError
 
   def create_state(self, example_batch: Batch, mesh, *, abstract: bool) -> tuple[Any, dict]:

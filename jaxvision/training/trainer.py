@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import math
+import os
 import pathlib
 import time
 from collections.abc import Iterator, Mapping
@@ -52,6 +54,10 @@ CONFIG_FILE = "config.json"
 
 class DivergenceError(FloatingPointError):
   """The training loss (or another guarded metric) became NaN or infinite."""
+
+
+class WorkdirInUseError(RuntimeError):
+  """Another training process holds the workdir."""
 
 
 @dataclasses.dataclass
@@ -86,26 +92,72 @@ class Run:
     return batch if batch is not None else next(self.batches)
 
 
+# Config fields every run reads, and the smallest value each may take.
+_POSITIVE_FIELDS = {"batch_size": 1, "eval_batch_size": 1, "keep_checkpoints": 1,
+                    "log_every_steps": 1}
+
+
+def check_run_config(config: ml_collections.ConfigDict) -> None:
+  """Raises a clear error for run settings out of range (before any data is prepared)."""
+  for name, lowest in _POSITIVE_FIELDS.items():
+    value = config.get(name)
+    if value is not None and not (isinstance(value, int) and value >= lowest):
+      raise ValueError(f"config.{name} must be an integer >= {lowest}; found {value!r}")
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: pathlib.Path) -> Iterator[None]:
+  """Holds an exclusive lock on ``workdir`` (its ``.lock`` file) while training, so a second
+  training process in the same workdir stops at once with the first one's pid. The kernel
+  drops the lock when the process ends, however it ends. Only process 0 locks."""
+  if jax.process_index() != 0:
+    yield
+    return
+  path = workdir / ".lock"
+  with open(path, "a+") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      owner = f.read().strip() or "unknown"
+      raise WorkdirInUseError(f"workdir {workdir} is in use by another training run (pid "
+                              f"{owner}); wait for it to finish or use another --workdir"
+                              ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
 @contextlib.contextmanager
 def open_run(task: Task, workdir) -> Iterator[Run]:
-  """Opens a run of ``task`` in ``workdir``; closes its checkpointer and writer however the
-  run ends (closing waits for pending checkpoint writes)."""
+  """Opens a run of ``task`` in ``workdir`` (locked against a second training process);
+  closes its checkpointer and writer however the run ends (closing waits for pending
+  checkpoint writes)."""
   config = task.config
   total_steps = task.total_steps()
   workdir = pathlib.Path(workdir).resolve()
+  if workdir.exists() and not workdir.is_dir():
+    raise NotADirectoryError(f"--workdir {workdir} is a file; expected a folder")
   workdir.mkdir(parents=True, exist_ok=True)
   mesh = sharding.make_mesh(config.get("num_devices"))
   sharding.check_batch_size(config.batch_size, mesh)
-  checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints",
-                                       keep=config.get("keep_checkpoints", 2),
-                                       best_metric=task.best_metric, best_mode=task.best_mode)
-  writer = reporting.MetricWriter(workdir)
-  try:
-    yield Run(config, workdir, mesh, checkpointer, writer, checkpointer.latest_step() or 0,
+  with workdir_lock(workdir):
+    checkpointer = ckpt_lib.Checkpointer(workdir / "checkpoints",
+                                         keep=config.get("keep_checkpoints", 2),
+                                         best_metric=task.best_metric, best_mode=task.best_mode)
+    writer = reporting.MetricWriter(workdir)
+    run = Run(config, workdir, mesh, checkpointer, writer, checkpointer.latest_step() or 0,
               total_steps)
-  finally:
-    checkpointer.close()
-    writer.close()
+    try:
+      yield run
+    finally:
+      run.checkpointer.close()  # the run's current one (resuming may have reopened it)
+      writer.close()
 
 
 def save_config(config: ml_collections.ConfigDict, workdir) -> None:
@@ -169,6 +221,52 @@ def flush_metrics(pending: list, writer, first_step: int, task: Task) -> dict[st
   return means
 
 
+def _reason(error: BaseException) -> str:
+  lines = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {lines[0][:160] if lines else ''}"
+
+
+def restore_newest_intact(checkpointer: ckpt_lib.Checkpointer, steps, target, expected: dict,
+                          check_keys) -> tuple[Any, int, list[tuple[int, str]]]:
+  """Restores the first of ``steps`` (in the order given) that loads; returns ``(state, step,
+  damaged)``.
+
+  ``damaged`` lists ``(step, reason)`` of the newer steps that did not load (an empty or
+  half-written step folder, a truncated or corrupted array file, a missing item); each is
+  reported as "checkpoint N is damaged (...): using M". A checkpoint of another model or
+  configuration (``CheckpointMismatchError``) is not damage: it is raised at once.
+
+  Raises:
+    FileNotFoundError: no step loads (the reasons are listed).
+  """
+  damaged = []
+  for step in steps:
+    try:
+      state = checkpointer.restore(step, target, expected, check_keys=check_keys)
+    except ckpt_lib.CheckpointMismatchError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      damaged.append((step, _reason(e)))
+      continue
+    for bad, reason in damaged:
+      print(f"checkpoint {bad} is damaged ({reason}): using {step}")
+    return state, step, damaged
+  raise FileNotFoundError(
+      f"no intact checkpoint in {checkpointer.directory}: "
+      + "; ".join(f"{bad} is damaged ({reason})" for bad, reason in damaged))
+
+
+def _move_aside(directory: pathlib.Path, step: int) -> pathlib.Path:
+  """Renames the damaged step folder to ``<step>.damaged[.k]`` (kept for inspection, no longer
+  a step for Orbax)."""
+  target = directory / f"{step}.damaged"
+  k = 1
+  while target.exists():
+    target, k = directory / f"{step}.damaged.{k}", k + 1
+  (directory / str(step)).rename(target)
+  return target
+
+
 def train(task: Task, workdir) -> dict:
   """Trains ``task`` into ``workdir`` (resuming if it holds checkpoints); returns the results.
 
@@ -177,17 +275,35 @@ def train(task: Task, workdir) -> dict:
   and ``eval`` (the last evaluation; a run that was already complete is evaluated again).
   """
   config = task.config
+  check_run_config(config)
   task.prepare()
   with open_run(task, workdir) as run:
-    save_config(config, run.workdir)
     mesh, start_step, total_steps = run.mesh, run.start_step, run.total_steps
     batches = task.train_batches(start_step)
     first = next(batches)
     state, meta = task.create_state(first, mesh, abstract=bool(start_step))
     if start_step:
-      state = run.checkpointer.restore(start_step, state, meta, check_keys=task.check_keys)
+      state, step, damaged = restore_newest_intact(
+          run.checkpointer, sorted(run.checkpointer.all_steps(), reverse=True), state, meta,
+          task.check_keys)
+      if damaged:  # Orbax must not see the damaged steps again: set them aside, start over.
+        run.checkpointer.close()
+        for bad, _ in damaged:
+          print(f"  moved to {_move_aside(run.checkpointer.directory, bad)}")
+        run.checkpointer = ckpt_lib.Checkpointer(
+            run.checkpointer.directory, keep=config.get("keep_checkpoints", 2),
+            best_metric=task.best_metric, best_mode=task.best_mode)
+        run.start_step = start_step = step
+        batches = task.train_batches(start_step)
+        first = next(batches)
+      if start_step > total_steps:
+        raise ValueError(
+            f"the workdir's latest checkpoint is at step {start_step}, past this run's "
+            f"{total_steps} steps (were num_epochs or num_train_steps lowered?): use a fresh "
+            f"--workdir, or --mode=evaluate to evaluate what it holds")
       logging.info("resumed from %s at step %d", run.checkpointer.directory, start_step)
       print(f"Resuming from step {start_step} of {total_steps} ({run.checkpointer.directory})")
+    save_config(config, run.workdir)  # only once the checkpoint is known to fit this config
     run.batches, run._next_batch = batches, first  # pylint: disable=protected-access
     state = task.on_start(run, state)
     train_step, compile_seconds = compile_step(
@@ -292,8 +408,11 @@ def restore(task: Task, workdir, checkpoint: str = "best") -> Restored:
   """Restores the best (falling back to the latest when none was ranked) or latest
   checkpoint of ``workdir`` into ``task.restore_target``'s state.
 
+  A damaged checkpoint (one that does not load) is reported and the next one tried: the
+  newest intact step is used.
+
   Raises:
-    FileNotFoundError: no checkpoint in the workdir.
+    FileNotFoundError: no checkpoint in the workdir, or none intact.
     CheckpointMismatchError: the checkpoint was written by another model or configuration.
   """
   if checkpoint not in ("best", "latest"):
@@ -304,14 +423,23 @@ def restore(task: Task, workdir, checkpoint: str = "best") -> Restored:
   checkpointer = ckpt_lib.Checkpointer(ckpt_dir, async_save=False,
                                        best_metric=task.best_metric, best_mode=task.best_mode)
   try:
-    step = checkpointer.best_step() if checkpoint == "best" else None
-    step = step if step is not None else checkpointer.latest_step()
-    if step is None:
+    best = checkpointer.best_step() if checkpoint == "best" else None
+    newest_first = sorted(checkpointer.all_steps(), reverse=True)
+    order = ([best] if best is not None else []) + [t for t in newest_first if t != best]
+    stored = None
+    for step in order:  # any readable meta gives the model's shapes (one model per workdir)
+      try:
+        stored = checkpointer.read_meta(step)
+        break
+      except Exception:  # pylint: disable=broad-except
+        continue
+    if stored is None:
       raise FileNotFoundError(f"no complete checkpoint in {ckpt_dir}")
-    meta = checkpointer.read_meta(step)
     mesh = sharding.make_mesh(task.config.get("num_devices"))
-    target, expected = task.restore_target(meta, mesh)
-    state = checkpointer.restore(step, target, expected, check_keys=task.check_keys)
+    target, expected = task.restore_target(stored, mesh)
+    state, step, _ = restore_newest_intact(checkpointer, order, target, expected,
+                                           task.check_keys)
+    meta = checkpointer.read_meta(step)
   finally:
     checkpointer.close()
   return Restored(state, meta, step, mesh)

@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import zipfile
 
 import numpy as np
 import pytest
@@ -70,6 +71,16 @@ def test_get_dataset_cifar10_from_local_folder(tmp_path, monkeypatch):
   assert info.num_examples == {"train": 5 * PER_BATCH, "test": TEST_N}
   assert info.image_shape == (32, 32, 3) and info.class_names[0] == "airplane"
   assert info.source.startswith("CIFAR-10 folder ") and info.source.endswith("cifar-10-batches-py")
+
+
+def test_python_folder_comes_before_the_jpeg_zip(tmp_path, monkeypatch):
+  make_folder(tmp_path / "root" / "cifar10")
+  (tmp_path / "root" / "cifar10-jpeg").mkdir()
+  zipfile.ZipFile(tmp_path / "root" / "cifar10-jpeg" / "cifar10-jpeg.zip", "w").close()
+  monkeypatch.setenv(paths.ENV_VAR, str(tmp_path / "root"))
+  _, info = data.get_dataset("cifar10")
+  assert info.source.startswith("CIFAR-10 folder ")
+  assert info.num_examples == {"train": 5 * PER_BATCH, "test": TEST_N}
 
 
 def test_incomplete_folder_lists_missing_files(tmp_path):

@@ -15,7 +15,7 @@ def scratch_registry(monkeypatch):
 
 def test_builder_modules_register_the_known_names():
   assert data.registered_datasets() == ("digits", "mnist", "fashion_mnist", "cifar10",
-                                        "idx:<folder>")
+                                        "idx:<folder>", "imagefolder:<path>")
 
 
 def test_toy_dataset_registered_in_a_test(scratch_registry, tmp_path):
@@ -36,11 +36,13 @@ def test_toy_dataset_registered_in_a_test(scratch_registry, tmp_path):
   batches = list(data.make_eval_iterator(builder, info, split="test", global_batch_size=8,
                                          pp="", process_index=0, process_count=1))
   assert len(batches) == 3 and sum(int(b["mask"].sum()) for b in batches) == 20
-  assert data.registered_datasets()[-2:] == ("toy_digits", "idx:<folder>")
+  assert data.registered_datasets()[-3:] == ("toy_digits", "idx:<folder>",
+                                              "imagefolder:<path>")
   with pytest.raises(ValueError) as e:
     data.get_dataset("toy_digit")
   assert str(e.value) == ("unknown dataset 'toy_digit'; known: digits, mnist, fashion_mnist, "
-                          "cifar10, toy_digits, idx:<folder>")
+                          "cifar10, toy_digits, idx:<folder>, imagefolder:<path>; or a path "
+                          "that imagefolder:<path> reads")
 
 
 def test_prefix_registration_gets_the_argument(scratch_registry):
@@ -69,6 +71,26 @@ def test_bad_registrations(scratch_registry):
     data.register_dataset("idx")(lambda name, data_dir: None)
   with pytest.raises(ValueError, match="without ':'"):
     data.register_dataset("a:b")
+  with pytest.raises(ValueError, match="dataset 'x': serves_paths needs prefix=True"):
+    data.register_dataset("x", serves_paths=lambda name: True)
+
+
+def test_a_prefix_serving_paths_gets_the_whole_name(scratch_registry):
+  got = []
+
+  @data.register_dataset("toy", prefix=True, takes_data_dir=False,
+                         serves_paths=lambda name: name.startswith("/toys/"))
+  def _toy(arg, data_dir):
+    got.append(arg)
+    return None, None
+
+  data.get_dataset("/toys/a?b=1")
+  data.get_dataset("toy:/toys/c")
+  data.get_dataset("digits")  # Registered names come first.
+  assert got == ["/toys/a?b=1", "/toys/c"]
+  with pytest.raises(ValueError, match=r"unknown dataset '/other'; known: .*; or a path that "
+                                       r"imagefolder:<path> reads; or a path that toy:<arg> reads"):
+    data.get_dataset("/other")
 
 
 def test_idx_prefix_needs_a_folder_and_takes_no_data_dir(tmp_path, monkeypatch):

@@ -150,3 +150,32 @@ def test_lenet_matches_keras_with_same_weights():
   logits, _ = model.apply({"params": params}, x, train=False)
   np.testing.assert_allclose(np.asarray(logits), kmodel(x).numpy(), rtol=1e-4, atol=1e-5)
 
+
+
+def test_resnet_v1_options_keep_names_and_add_conv_biases():
+  """Keras's v1 variant: same module names as the default, plus a bias on every conv."""
+  x = jnp.zeros((1, 64, 64, 3))
+  base = jax.eval_shape(lambda: _init(models.ResNet50(num_classes=5), x.shape))["params"]
+  v1 = jax.eval_shape(lambda: _init(models.ResNet50(
+      num_classes=5, stride_in_1x1=True, conv_bias=True, bn_epsilon=1.001e-5,
+      stem_pool_padding=((1, 1), (1, 1))), x.shape))["params"]
+  flat = lambda t: {k for k, _ in jax.tree_util.tree_flatten_with_path(t)[0]}
+  extra = {jax.tree_util.keystr(k) for k in flat(v1) - flat(base)}
+  assert flat(base) <= flat(v1)
+  assert len(extra) == 53 and all(e.endswith("['bias']") for e in extra)  # 53 convs
+
+
+def test_resnet_stride_in_1x1_needs_bottlenecks():
+  with pytest.raises(ValueError, match="stride_in_1x1=True needs bottleneck blocks"):
+    _init(models.ResNet18(num_classes=3, stride_in_1x1=True), (1, 32, 32, 3))
+
+
+def test_headless_models_return_pre_logits():
+  x = jnp.ones((2, 64, 64, 3))
+  for model, width in ((models.VGG11(num_classes=None), 2 * 2 * 512),
+                       (models.ResNet18(num_classes=None), 512)):
+    variables = _init(model, x.shape)
+    assert not any("Dense" in k for k in variables["params"])
+    first, out = model.apply(variables, x, train=False)
+    assert first.shape == (2, width)
+    np.testing.assert_array_equal(first, out["pre_logits"])

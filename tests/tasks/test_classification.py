@@ -1,5 +1,6 @@
 """End-to-end runs of the classification trainer on the embedded digits (tiny settings)."""
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -12,6 +13,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxvision import data
 from jaxvision.data import pipeline
 from jaxvision.tasks import classification
 from jaxvision.training import checkpoint as ckpt_lib, trainer
@@ -163,6 +165,59 @@ def test_checkpoint_from_another_model_is_refused_and_kept(tmp_path):
   with pytest.raises(ckpt_lib.CheckpointMismatchError, match="Dense_0/kernel"):
     _train(other, tmp_path)
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"num_train_steps": -1, "num_epochs": 0}, r"config.num_epochs must be > 0.*found "
+                                                r"num_epochs=0"),
+    ({"eval_split": "tset"}, r"bad split 'tset'.*splits: \['test', 'train'\]"),
+    ({"optimizer.learning_rate": -0.1}, r"learning_rate must be > 0; found -0.1"),
+])
+def test_nonsense_settings_fail_before_training(tmp_path, overrides, message):
+  config = _config()
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for name in parents:
+      node = node[name]
+    node[leaf] = value
+  with pytest.raises(ValueError, match=message):
+    _train(config, tmp_path)
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_predict_needs_a_positive_top_k(tmp_path):
+  task = classification.ClassificationTask(_config())
+  with pytest.raises(ValueError, match="top_k must be a positive number of labels; found 0"):
+    task.predict(tmp_path, images=["a.png"], top_k=0)
+
+
+def test_checkpoint_of_another_dataset_is_refused_naming_both(tmp_path):
+  """A workdir trained on one dataset, resumed with another of the same shapes and classes:
+  an error naming both datasets, and the workdir (checkpoints, config.json) is kept."""
+  if "digits_relabelled" not in data.registered_datasets():
+
+    @data.register_dataset("digits_relabelled", takes_data_dir=False)
+    def _resolve(name, data_dir):  # the digits under another name: same shapes and classes
+      del data_dir
+      builder, info = data.get_dataset("digits")
+      return builder, dataclasses.replace(info, name=name)
+
+  _train(_config(num_train_steps=4, eval_every_steps=4), tmp_path)
+  config_json = (tmp_path / "config.json").read_text()
+  with pytest.raises(ckpt_lib.CheckpointMismatchError,
+                     match=r"dataset: this run has 'digits_relabelled', the checkpoint has "
+                           r"'digits'"):
+    _train(_config(num_train_steps=8, dataset="digits_relabelled"), tmp_path)
+  assert (tmp_path / "config.json").read_text() == config_json
+  assert ckpt_lib.Checkpointer(tmp_path / "checkpoints").latest_step() == 4
+
+
+def test_a_workdir_past_the_configured_steps_is_refused(tmp_path):
+  _train(_config(num_train_steps=4, eval_every_steps=4), tmp_path)
+  with pytest.raises(ValueError, match=r"latest checkpoint is at step 4, past this run's 2 "
+                                       r"steps"):
+    _train(_config(num_train_steps=2), tmp_path)
 
 
 def _cli(*args, timeout=300):

@@ -5,7 +5,9 @@ its checkpoints by its own metric (lowest MSE) and restores for evaluation, with
 ``train/main.py``, the trainer or another task: one class and one ``register_task`` call.
 """
 
+import itertools
 import json
+import os
 
 import flax.linen as nn
 import jax
@@ -56,7 +58,7 @@ class ToyRegression(Task):
   check_keys = ("model", "input_shape")
 
   def train_batches(self, start_step):
-    for step in range(start_step, self.total_steps()):  # batch k depends on (seed, k) only
+    for step in itertools.count(start_step):  # endless; batch k depends on (seed, k) only
       x, y = _examples(np.random.default_rng([self.config.seed, step]), self.config.batch_size)
       yield {"x": x, "y": y}
 
@@ -161,3 +163,70 @@ def test_nan_in_a_guarded_metric_stops_before_the_next_checkpoint(tmp_path, monk
 def test_unknown_task_lists_the_registered_ones():
   with pytest.raises(ValueError, match=r"unknown task 'nope'.*'classification'.*'gan'"):
     tasks.create_task(ml_collections.ConfigDict({"task": "nope"}))
+
+
+def test_a_second_training_process_in_the_workdir_is_refused(tmp_path):
+  tasks.register_task(ToyRegression)
+  with trainer.workdir_lock(tmp_path):  # as another process holding it would
+    with pytest.raises(trainer.WorkdirInUseError,
+                       match=rf"workdir {tmp_path} is in use by another training run \(pid "
+                             rf"{os.getpid()}\)"):
+      trainer.train(tasks.create_task(_config()), tmp_path)
+  assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+  # Released: the same run now trains.
+  assert trainer.train(tasks.create_task(_config(num_train_steps=2)), tmp_path)["steps"] == 2
+
+
+def test_a_broken_metrics_line_is_skipped_not_fatal(tmp_path):
+  tasks.register_task(ToyRegression)
+  trainer.train(tasks.create_task(_config(num_train_steps=4)), tmp_path)
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 4, "kind": "tra')  # a write cut short (disk full)
+  results = trainer.train(tasks.create_task(_config(num_train_steps=8)), tmp_path)
+  assert results["steps"] == 8 and results["resumed_from_step"] == 4
+  assert (tmp_path / "plots" / "curves.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("field,value", [("batch_size", 0), ("eval_batch_size", 0),
+                                         ("keep_checkpoints", -1), ("log_every_steps", 0)])
+def test_run_settings_out_of_range_fail_before_any_work(tmp_path, field, value):
+  tasks.register_task(ToyRegression)
+  with pytest.raises(ValueError, match=rf"config.{field} must be an integer >= 1; found "
+                                       rf"{value}"):
+    trainer.train(tasks.create_task(_config(**{field: value})), tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+
+
+def _damage(workdir, step):
+  """Truncates every array file of checkpoint ``step`` to 40% of its bytes."""
+  files = [f for f in (workdir / "checkpoints" / str(step) / "state").rglob("*")
+           if f.is_file() and f.stat().st_size > 64 and "metadata" not in f.name.lower()]
+  assert files
+  for f in files:
+    f.write_bytes(f.read_bytes()[:int(f.stat().st_size * 0.4)])
+
+
+def test_damaged_checkpoints_are_set_aside_and_the_newest_intact_one_used(tmp_path, capsys):
+  tasks.register_task(ToyRegression)
+  full = trainer.train(tasks.create_task(_config(num_train_steps=10)), tmp_path / "full")
+  workdir = tmp_path / "run"
+  trainer.train(tasks.create_task(_config(num_train_steps=6)), workdir)  # steps 4, 6 kept
+  (workdir / "checkpoints" / "9999").mkdir()  # a stray, empty step folder
+  _damage(workdir, 6)
+  capsys.readouterr()
+
+  # Evaluation falls back without touching the workdir.
+  restored = trainer.restore(tasks.create_task(_config()), workdir, "latest")
+  assert restored.step == 4
+  out = capsys.readouterr().out
+  assert "checkpoint 9999 is damaged" in out and "checkpoint 6 is damaged" in out
+  assert (workdir / "checkpoints" / "9999").is_dir()
+
+  # Training sets the damaged steps aside and resumes from the newest intact one.
+  resumed = trainer.train(tasks.create_task(_config(num_train_steps=10)), workdir)
+  out = capsys.readouterr().out
+  assert "checkpoint 6 is damaged" in out and "using 4" in out
+  assert resumed["resumed_from_step"] == 4 and resumed["steps"] == 10
+  assert resumed["eval"]["mse"] == full["eval"]["mse"]
+  names = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+  assert "6.damaged" in names and "9999.damaged" in names and "10" in names

@@ -8,7 +8,10 @@ def classification_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.task = "classification"
   # Data: a name ('digits', 'mnist', 'fashion_mnist', 'cifar10'); data_dir overrides the local
-  # folder (default $JAXVISION_DATA_DIR/<name>, falling back to the TFDS catalog).
+  # folder (default $JAXVISION_DATA_DIR/<name>, falling back to the TFDS catalog). Your own
+  # images: a folder (root/<class>/*.jpg, or root/{train,test}/<class>/...) or a .zip of one,
+  # with options after '?', e.g. '/data/pets?size=64&validation_split=0.1' (then
+  # eval_split = 'validation'); see jaxvision/data/builders/imagefolder.py.
   c.dataset = "digits"
   c.data_dir = config_dict.placeholder(str)
   c.train_split = "train"

@@ -8,29 +8,35 @@ The pickles are read with a restricted unpickler that only rebuilds plain contai
 arrays, so a tampered file cannot run code. Features match TFDS's ``cifar10``: ``image`` uint8
 ``[32, 32, 3]`` and ``label`` ``ClassLabel``; splits ``train`` and ``test``.
 
-Registered as the dataset ``cifar10`` (``jaxvision.data.get_dataset``): the folder ``cifar10``
-under the data root or ``data_dir``, else the TFDS catalog ``cifar10``.
+Registered as the dataset ``cifar10`` (``jaxvision.data.get_dataset``): ``data_dir`` if given
+(a python-version folder, or a zip of JPEGs as below); else the folder ``cifar10`` under the
+data root; else, when that is absent, the zip ``cifar10-jpeg/cifar10-jpeg.zip`` under the data
+root (CIFAR-10 re-encoded as one JPEG per image, ``{train,test}/<class>/<NNNN>.jpg``, read in
+place by :mod:`jaxvision.data.builders.imagefolder`; pixels differ slightly from the python
+version after the lossy round trip); else the TFDS catalog ``cifar10``.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import pathlib
 import pickle
+import zipfile
 from collections.abc import Sequence
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxvision.data import datasets
+from jaxvision.data import datasets, paths
 from jaxvision.data.builders import folder as folder_lib
+from jaxvision.data.builders import imagefolder
 
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_FILES = ("test_batch",)
 META_FILE = "batches.meta"
 REQUIRED_FILES = TRAIN_FILES + TEST_FILES + (META_FILE,)
 SUBFOLDER = "cifar-10-batches-py"
+JPEG_ZIP = ("cifar10-jpeg", "cifar10-jpeg.zip")  # Under the data root.
 IMAGE_SHAPE = (32, 32, 3)
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                "truck")
@@ -129,8 +135,15 @@ class CifarFolder(folder_lib.FolderBuilder):
 cifar_builder = CifarFolder.from_folder
 
 
+def _cifar10_builder(path: str | os.PathLike):
+  """The builder of a python-version folder, or of a zip of JPEGs (``{train,test}/<class>``)."""
+  if os.path.isfile(path) and zipfile.is_zipfile(path):
+    return imagefolder.imagefolder_builder(path, size=IMAGE_SHAPE[:2], class_names=CLASS_NAMES)
+  return cifar_builder(path, class_names=CLASS_NAMES)
+
+
 @datasets.register_dataset("cifar10")
 def _resolve_cifar10(name: str, data_dir: str | os.PathLike | None):
   return datasets.local_or_catalog(
-      name, data_dir, folder_name="cifar10",
-      make_builder=functools.partial(cifar_builder, class_names=CLASS_NAMES))
+      name, data_dir, folder_name="cifar10", make_builder=_cifar10_builder,
+      alternatives=[(paths.local_dataset_dir(JPEG_ZIP[0]) / JPEG_ZIP[1], _cifar10_builder)])

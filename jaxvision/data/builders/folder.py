@@ -45,6 +45,14 @@ def check_folder(folder: str | os.PathLike, required: Sequence[str], what: str) 
   return folder
 
 
+def config_name(path: pathlib.Path, key: Sequence[str]) -> str:
+  """``<basename>_<12 hex digits>``: ``path``'s name made lowercase alphanumeric, and the first
+  12 hex digits of the sha256 of the lines ``key`` (what identifies the prepared records)."""
+  digest = hashlib.sha256("\n".join(key).encode()).hexdigest()[:12]
+  base = "".join(c if c.isalnum() else "_" for c in path.name.lower()).strip("_") or "data"
+  return f"{base}_{digest}"
+
+
 def folder_config(folder: pathlib.Path, required: Sequence[str], class_names: Sequence[str],
                   image_shape: tuple[int, int, int], what: str) -> FolderConfig:
   """The ``FolderConfig`` of a checked ``folder`` (see the module docstring for its name)."""
@@ -52,10 +60,8 @@ def folder_config(folder: pathlib.Path, required: Sequence[str], class_names: Se
   if not names or len(set(names)) != len(names):
     raise ValueError(f"class_names must be non-empty and unique, got {names}")
   key = [str(folder)] + [f"{f}:{(folder / f).stat().st_size}" for f in required] + list(names)
-  digest = hashlib.sha256("\n".join(key).encode()).hexdigest()[:12]
-  base = "".join(c if c.isalnum() else "_" for c in folder.name.lower()).strip("_") or "data"
   return FolderConfig(
-      name=f"{base}_{digest}",
+      name=config_name(folder, key),
       description=f"{what} folder {folder}",
       folder=str(folder),
       class_names=names,
@@ -106,15 +112,19 @@ class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                        "*_builder(folder) function")
     return config
 
-  def _info(self) -> tfds.core.DatasetInfo:
+  def feature_dict(self) -> dict[str, tfds.features.FeatureConnector]:
+    """``image`` (uint8 ``[H, W, C]``) and ``label``; a subclass may add more."""
     config = self.folder_config()
+    return {
+        "image": tfds.features.Image(shape=config.image_shape),
+        "label": tfds.features.ClassLabel(names=list(config.class_names)),
+    }
+
+  def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=self,
-        description=self.DESCRIPTION.format(folder=config.folder),
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=config.image_shape),
-            "label": tfds.features.ClassLabel(names=list(config.class_names)),
-        }),
+        description=self.DESCRIPTION.format(folder=self.folder_config().folder),
+        features=tfds.features.FeaturesDict(self.feature_dict()),
         supervised_keys=("image", "label"),
     )
 
