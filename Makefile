@@ -15,7 +15,7 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,onednn]"
+	$(PY) -m pip install --quiet -e ".[test,onednn,pretrained]"
 	touch $(STAMP)
 
 install: $(STAMP)

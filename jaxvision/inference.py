@@ -5,12 +5,15 @@
 >>> clf.predict(["a.png", "b.png"], top_k=3)               # top-k labels per file
 >>> probs = clf.probabilities(uint8_images)                # [N, K], images as the dataset stores them
 >>> feats = clf.embed(uint8_images)                        # [N, D] pre-logits features
+>>> inference.predict_pretrained("EfficientNetLite0", ["a.jpg"], top_k=5)  # ImageNet labels
 
 :func:`load` restores any task's workdir (``config.json`` written when training started, the
 best or latest checkpoint) as a :class:`Loaded`; :func:`load_classifier` wraps a
 classification workdir in a :class:`Classifier`. Images given as arrays are in the dataset's
 stored format (uint8 ``[N, H, W, C]`` of ``meta['dataset_image_shape']``) and go through the
 run's evaluation preprocessing (``meta['pp_eval']``), exactly as files do.
+:func:`pretrained_classifier` wraps a model's pretrained ImageNet weights (no workdir) in a
+:class:`Classifier`.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxvision import tasks
+from jaxvision import models, tasks
 from jaxvision.data import images as image_io
 from jaxvision.tasks import classification
 from jaxvision.training import trainer
@@ -77,8 +80,9 @@ class Classifier:
       return image_io.load_images(images, image_shape=tuple(self.meta["dataset_image_shape"]),
                                   pp=self.meta["pp_eval"])
     images = np.asarray(images)
-    expected = tuple(self.meta["dataset_image_shape"])
-    if images.ndim != 4 or images.shape[1:] != expected:
+    expected = tuple(self.meta["dataset_image_shape"])  # (None, None, C): any size
+    if images.ndim != 4 or any(e is not None and e != d
+                               for e, d in zip(expected, images.shape[1:])):
       raise ValueError(f"expected images [N, {', '.join(map(str, expected))}] as the dataset "
                        f"stores them, or image file paths; found shape {images.shape}")
     return image_io.preprocess_images(images, pp=self.meta["pp_eval"])
@@ -113,3 +117,27 @@ def load_classifier(workdir: str | os.PathLike, *, checkpoint: str = "best",
                      f"{config.task!r} run")
   return Classifier(*classification.load_classifier(workdir, checkpoint=checkpoint,
                                                     config=config))
+
+
+def pretrained_classifier(name: str, *, cache_dir: str | os.PathLike | None = None) -> Classifier:
+  """``name``'s pretrained ImageNet classifier (``models.pretrained_variables``) as a
+  :class:`Classifier` over ImageNet's class names. Image files and uint8 arrays
+  ``[N, H, W, 3]`` of any size go through ``models.preprocessing(name)`` (for
+  EfficientNetLite0: shorter side to 256, central 224 x 224 crop, ``(x - 127) / 128``).
+  ``cache_dir``: see ``models.pretrained_variables``."""
+  spec = models.pretrained.get_spec(name)
+  model = models.create_model(name, num_classes=spec.num_classes)
+  variables, _ = models.pretrained_variables(name, cache_dir=cache_dir)
+  meta = {"class_names": spec.class_names(), "dataset_image_shape": [None, None, 3],
+          "input_shape": list(spec.input_shape), "pp_eval": spec.preprocessing,
+          "model": name}
+  return Classifier(model.apply, variables, meta)
+
+
+def predict_pretrained(name: str, image_paths: Sequence[str | os.PathLike], *,
+                       top_k: int = 5) -> list[dict]:
+  """Top-k ImageNet labels of image files with ``name``'s pretrained weights: per file
+  ``{'file', 'top_k': [{'label', 'class_id', 'probability'}, ...]}``, highest first."""
+  if not image_paths:
+    raise ValueError("no images given: pass image file paths (--images=a.jpg,b.png)")
+  return pretrained_classifier(name).predict(list(image_paths), top_k=top_k)

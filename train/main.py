@@ -5,9 +5,15 @@ the trainer (``--mode=train``, the default; resumes from the workdir) or asked f
 other modes: ``evaluate`` and ``predict`` for classifiers, ``generate`` for GANs. For those,
 ``--config`` may be left out: the workdir's ``config.json`` is used. Override config fields
 with ``--config.<key>=<value>``.
+
+Pretrained ImageNet classifiers need no workdir or config:
+``python -m train.main --mode=predict --pretrained=EfficientNetLite0 --images=a.jpg,b.png
+--top_k=5`` prints JSON with the top-k ImageNet labels of each image
+(``jaxvision.inference.predict_pretrained``).
 """
 
 import inspect
+import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -25,7 +31,11 @@ flags.DEFINE_list("images", [], "Image files for --mode=predict.")
 flags.DEFINE_integer("top_k", 3, "Labels per image for --mode=predict.")
 flags.DEFINE_integer("num", 64, "Samples to write for --mode=generate (GAN configs).")
 flags.DEFINE_string("out", None, "Folder for --mode=generate (default: <workdir>/generated).")
-flags.mark_flags_as_required(["workdir"])
+flags.DEFINE_string("pretrained", None, "With --mode=predict: classify --images with this "
+                    "model's pretrained ImageNet weights (e.g. EfficientNetLite0); no workdir.")
+flags.register_multi_flags_validator(
+    ["workdir", "pretrained"], lambda v: v["workdir"] is not None or v["pretrained"] is not None,
+    "--workdir is required (unless --pretrained is given with --mode=predict)")
 
 
 def main(argv):
@@ -37,9 +47,16 @@ def main(argv):
   cpu.configure_runtime()  # before JAX's first computation (see jaxvision.backends.cpu)
   import tensorflow as tf
   tf.config.set_visible_devices([], "GPU")  # tf.data only; keep the accelerators for JAX.
-  from jaxvision import tasks
+  from jaxvision import inference, tasks
   from jaxvision.training import trainer
   try:
+    if FLAGS.pretrained is not None:
+      if FLAGS.mode != "predict" or FLAGS.config is not None or FLAGS.workdir is not None:
+        raise app.UsageError("--pretrained goes with --mode=predict and --images only "
+                             "(no --config or --workdir)")
+      print(json.dumps(inference.predict_pretrained(FLAGS.pretrained, FLAGS.images,
+                                                    top_k=FLAGS.top_k), indent=2))
+      return
     config = FLAGS.config
     if config is None:
       if FLAGS.mode == "train":

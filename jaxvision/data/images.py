@@ -36,10 +36,12 @@ def load_images(paths: Sequence[str | os.PathLike], *, image_shape: tuple[int, i
   Each file is decoded with ``image_shape[-1]`` channels (1: grey, 3: RGB), resized bilinearly
   to ``image_shape[:2]`` when its size differs (kept uint8, see ``preprocess.resize``), then
   passed through the evaluation spec ``pp`` (the same one given to ``make_eval_iterator``).
+  With ``H`` and ``W`` None the file keeps its size (for a ``pp`` that sizes it itself).
 
   Args:
     paths: image file paths (at least one).
-    image_shape: ``(H, W, C)`` of the dataset's stored images (``DatasetInfo.image_shape``).
+    image_shape: ``(H, W, C)`` of the dataset's stored images (``DatasetInfo.image_shape``),
+      or ``(None, None, C)``.
     pp: preprocessing spec, e.g. ``'value_range(0, 1)'``.
 
   Returns:
@@ -53,15 +55,20 @@ def load_images(paths: Sequence[str | os.PathLike], *, image_shape: tuple[int, i
     paths = [paths]
   if not paths:
     raise ValueError("load_images needs at least one path")
-  if len(image_shape) != 3 or image_shape[-1] not in (1, 3) or min(image_shape) <= 0:
-    raise ValueError(f"image_shape must be (H, W, C) with C in (1, 3), got {image_shape}")
-  height, width, channels = (int(d) for d in image_shape)
+  size = tuple(image_shape[:2])
+  if (len(image_shape) != 3 or image_shape[-1] not in (1, 3) or (
+      size != (None, None) and (None in size or min(size) <= 0))):
+    raise ValueError(f"image_shape must be (H, W, C) with C in (1, 3) and H, W positive ints "
+                     f"or both None; got {image_shape}")
+  if size != (None, None):
+    size = (int(size[0]), int(size[1]))
+  channels = int(image_shape[-1])
   pp_fn = preprocess.parse(pp)
   out = []
   for path in paths:
     image = read_image(path, channels)
-    if tuple(image.shape[:2]) != (height, width):
-      image = preprocess.resize_image(image, (height, width))
+    if size != (None, None) and tuple(image.shape[:2]) != size:
+      image = preprocess.resize_image(image, size)
     features = preprocess.apply_eval(pp_fn, {"image": image})
     out.append(tf.cast(features["image"], tf.float32).numpy())
   shapes = {x.shape for x in out}

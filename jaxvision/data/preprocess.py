@@ -14,7 +14,7 @@ on ``(features, rng)`` and works the same eagerly and inside ``tf.data`` maps.
 Value conventions (order matters):
 
 * uint8 images carry values in ``[0, 255]``. The geometric ops (``random_crop``, ``center_crop``,
-  ``flip_lr``, ``rotate``, ``resize``, ``grayscale_to_rgb``) keep the dtype: interpolating ops
+  ``flip_lr``, ``rotate``, ``resize``, ``resize_small``, ``grayscale_to_rgb``) keep the dtype: interpolating ops
   round and clip back to uint8 when given uint8, and stay float32 when given float.
 * ``value_range(lo, hi)`` maps ``[in_min, in_max]`` (default ``[0, 255]``) to ``[lo, hi]`` and
   returns float32.
@@ -278,9 +278,10 @@ _RESIZE_METHODS = ("bilinear", "nearest", "bicubic", "area", "lanczos3", "lanczo
                    "gaussian", "mitchellcubic")
 
 
-def resize_image(image: tf.Tensor, size: tuple[int, int], method: str = "bilinear",
+def resize_image(image: tf.Tensor, size, method: str = "bilinear",
                  antialias: bool = False) -> tf.Tensor:
-  """``tf.image.resize`` (half-pixel centres) keeping the dtype (uint8 rounded and clipped)."""
+  """``tf.image.resize`` to ``size`` (``(h, w)`` or an int32 ``[2]`` tensor; half-pixel
+  centres) keeping the dtype (uint8 rounded and clipped)."""
   out = tf.image.resize(image, size, method=method, antialias=antialias)
   return _like(out, image.dtype)
 
@@ -295,6 +296,25 @@ def resize(size, method: str = "bilinear", antialias: bool = False) -> Op:
   def fn(image, rng):
     del rng
     return resize_image(image, (h, w), method, antialias)
+
+  return _image_op(fn)
+
+
+@register("resize_small")
+def resize_small(size: int, method: str = "bilinear", antialias: bool = False) -> Op:
+  """Resizes keeping the aspect ratio so that the shorter side is ``size`` (the longer one is
+  ``round(longer * size / shorter)``), with ``tf.image.resize``; keeps dtype. With
+  ``center_crop`` after it, the usual ImageNet evaluation crop of images of any size."""
+  if not isinstance(size, int) or size <= 0:
+    raise ValueError(f"resize_small: size must be a positive int, got {size!r}")
+  if method not in _RESIZE_METHODS:
+    raise ValueError(f"resize_small: method must be one of {_RESIZE_METHODS}, got {method!r}")
+
+  def fn(image, rng):
+    del rng
+    hw = tf.cast(tf.shape(image)[:2], tf.float64)
+    new_hw = tf.cast(tf.round(hw * (size / tf.reduce_min(hw))), tf.int32)
+    return resize_image(image, new_hw, method, antialias)
 
   return _image_op(fn)
 

@@ -58,3 +58,14 @@ def test_missing_and_undecodable_files(tmp_path):
     images.load_images([bad], image_shape=(4, 4, 1), pp="")
   with pytest.raises(ValueError, match="at least one"):
     images.load_images([], image_shape=(4, 4, 1), pp="")
+
+
+def test_files_keep_their_size_when_the_spec_sizes_them(tmp_path):
+  rng = np.random.default_rng(2)
+  a = _save(tmp_path / "a.png", rng.integers(0, 256, (6, 9, 3), dtype=np.uint8))
+  b = _save(tmp_path / "b.png", rng.integers(0, 256, (12, 8, 3), dtype=np.uint8))
+  out = images.load_images([a, b], image_shape=(None, None, 3), pp="center_crop(6)")
+  np.testing.assert_array_equal(out[0], np.asarray(Image.open(a))[:, 1:7])
+  np.testing.assert_array_equal(out[1], np.asarray(Image.open(b))[3:9, 1:7])
+  with pytest.raises(ValueError, match="both None"):
+    images.load_images([a], image_shape=(None, 4, 3), pp="")

@@ -154,6 +154,18 @@ def test_resize_other_methods_follow_tf_image_resize():
     preprocess.parse("resize(4, method='magic')")
 
 
+@pytest.mark.parametrize("in_hw,out_hw", [((6, 9), (4, 6)), ((9, 6), (6, 4)), ((5, 7), (10, 14)),
+                                           ((3, 10), (4, 13))])
+def test_resize_small_keeps_the_aspect_ratio(in_hw, out_hw):
+  image = _image((*in_hw, 1), np.float32)
+  size = min(out_hw)
+  out = run_both(preprocess.parse(f"resize_small({size})"), image, _rng(0))
+  assert out.shape == (*out_hw, 1)  # longer side: round(longer * size / shorter)
+  np.testing.assert_allclose(out, _bilinear_resize_ref(image, *out_hw), atol=1e-5)
+  with pytest.raises(ValueError, match="positive int"):
+    preprocess.parse("resize_small((4, 5))")
+
+
 def _rotate_ref(image, angle):
   """Counter-clockwise (as displayed) rotation about the centre, bilinear, zeros outside."""
   h, w = image.shape[:2]
