@@ -43,11 +43,14 @@ def _variables(state, params=None):
   return variables
 
 
-def make_train_step(*, label_smoothing: float = 0.0):
+def make_train_step(*, label_smoothing: float = 0.0, frozen_statistics: bool = False):
   """Returns ``train_step(state, batch) -> (state, metrics)``.
 
   Dropout draws from ``fold_in(state.rng, state.step)``. Metrics (scalars, batch means):
   ``loss`` (the optimized, label-smoothed cross-entropy), ``accuracy``, ``grad_norm``.
+  ``frozen_statistics``: the model runs in inference mode (BatchNorm normalises with its
+  running averages and leaves them unchanged, no dropout), as a linear probe on a frozen
+  pretrained backbone should.
   """
 
   def train_step(state, batch):
@@ -55,7 +58,7 @@ def make_train_step(*, label_smoothing: float = 0.0):
 
     def loss_fn(params):
       (logits, _), updates = state.apply_fn(
-          _variables(state, params), batch["image"], train=True,
+          _variables(state, params), batch["image"], train=not frozen_statistics,
           rngs={"dropout": step_rng}, mutable=["batch_stats"])
       loss, _ = losses.softmax_cross_entropy(logits, batch["label"],
                                              label_smoothing=label_smoothing)
@@ -201,7 +204,8 @@ class ClassificationTask(Task):
   ``input_shape`` (optional check), ``seed``, ``dtype``. Fine-tuning: ``init_from`` (another
   classification workdir: its best checkpoint's weights wherever names and shapes match),
   ``head`` (a regular expression naming the head's parameters, e.g. ``'^Dense_1/'``) with
-  ``freeze_backbone`` (train the head only: a linear probe) or ``backbone_lr_multiplier``.
+  ``freeze_backbone`` (train the head only, the model in inference mode: a linear probe) or
+  ``backbone_lr_multiplier``.
   """
   name = "classification"
   modes = ("train", "evaluate", "predict")
@@ -221,7 +225,9 @@ class ClassificationTask(Task):
     for split in (config.train_split, config.eval_split):
       pipeline.split_size(self.info, split)  # an unknown split fails here, not after an epoch
     self._tx, self._schedule = self._optimizer(self.total_steps())
-    if config.get("init_from"):
+    if config.get("init_from") == "imagenet":
+      models.pretrained.get_spec(config.model.name)  # no such weights: fails now
+    elif config.get("init_from"):
       trainer.load_config(config.init_from)  # a missing workdir fails now, not after set-up
 
   def total_steps(self) -> int:
@@ -288,25 +294,32 @@ class ClassificationTask(Task):
     return state, self._meta(input_shape)
 
   def _initialize_from(self, state, workdir, mesh):
-    """``state`` with the parameters and BatchNorm statistics of another classification
-    workdir's best checkpoint wherever names and shapes match (a new head, or layers of
-    another size, keep their fresh initialisation and are listed)."""
-    _, variables, meta = load_classifier(workdir)
+    """``state`` with the parameters and BatchNorm statistics of the pretrained ImageNet
+    weights (``workdir == 'imagenet'``) or of another classification workdir's best checkpoint,
+    wherever names and shapes match (a new head, or layers of another size, keep their fresh
+    initialisation and are listed)."""
+    if workdir == "imagenet":
+      variables, _ = models.pretrained_variables(self.config.model.name)
+      source = f"imagenet ({self.config.model.name} ImageNet-1k weights)"
+    else:
+      _, variables, meta = load_classifier(workdir)
+      source = (f"{workdir} (step {meta['checkpoint_step']}, {meta['model']} on "
+                f"{meta['dataset']})")
     params, loaded, skipped = state_lib.load_matching(state.params, variables["params"])
     stats, _, skipped_stats = state_lib.load_matching(state.batch_stats,
                                                       variables.get("batch_stats", {}))
-    print(f"init_from {workdir} (step {meta['checkpoint_step']}, {meta['model']} on "
-          f"{meta['dataset']}): loaded {len(loaded)} of {len(loaded) + len(skipped)} parameter "
+    print(f"init_from {source}: loaded {len(loaded)} of {len(loaded) + len(skipped)} parameter "
           f"arrays" + (f"; freshly initialised: {', '.join(skipped + skipped_stats)}"
                        if skipped or skipped_stats else ""))
     if not loaded:
-      raise ValueError(f"config.init_from={workdir!r}: no parameter of its "
-                       f"{meta['model']!r} fits this {self.config.model.name!r} model")
+      raise ValueError(f"config.init_from={workdir!r}: no parameter of it fits this "
+                       f"{self.config.model.name!r} model")
     opt_state = jax.jit(self._tx.init, out_shardings=sharding.replicated(mesh))(params)
     return state.replace(params=params, batch_stats=stats, opt_state=opt_state)
 
   def make_train_step(self):
-    return make_train_step(label_smoothing=self.config.get("label_smoothing", 0.0))
+    return make_train_step(label_smoothing=self.config.get("label_smoothing", 0.0),
+                           frozen_statistics=bool(self.config.get("freeze_backbone", False)))
 
   def learning_rate(self, step: int) -> float:
     return float(self._schedule(step))

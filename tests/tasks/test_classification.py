@@ -10,6 +10,7 @@ import sys
 import time
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -320,3 +321,35 @@ def test_cli_evaluate_and_predict(tmp_path):
 
   out = _cli(*base, "--mode=predict", f"--images={tmp_path / 'missing.png'}")
   assert out.returncode != 0 and "missing.png" in out.stderr
+
+
+def test_linear_probe_on_imagenet_weights(tmp_path, capsys):
+  """EfficientNet-Lite0's ImageNet weights under a new 2-class head, trained as a linear probe
+  on a small folder of RGB images: the backbone (BatchNorm statistics included) is exactly the
+  pretrained one after training."""
+  from PIL import Image
+  from jaxvision import models
+  rng = np.random.default_rng(0)
+  for label in ("cats", "dogs"):
+    (tmp_path / "photos" / label).mkdir(parents=True)
+    for i in range(6):
+      pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+      Image.fromarray(pixels).save(tmp_path / "photos" / label / f"{i}.png")
+  c = _config(dataset=f"{tmp_path / 'photos'}?size=32&validation_split=0.34",
+              eval_split="validation", batch_size=8, eval_batch_size=8, num_train_steps=2,
+              eval_every_steps=2, checkpoint_every_steps=-1, init_from="imagenet",
+              head="^classifier/", freeze_backbone=True,
+              pp_train="value_range(-0.9921875, 1)", pp_eval="value_range(-0.9921875, 1)")
+  c.model = ml_collections.ConfigDict({"name": "EfficientNetLite0"})
+  capsys.readouterr()
+  _train(c, tmp_path / "run")
+  assert ("freshly initialised: classifier/bias, classifier/kernel"
+          in capsys.readouterr().out)
+  state = trainer.restore(classification.ClassificationTask(c), tmp_path / "run",
+                          "latest").state
+  pretrained, _ = models.pretrained_variables("EfficientNetLite0")
+  np.testing.assert_array_equal(state.params["stem_conv"]["kernel"],
+                                pretrained["params"]["stem_conv"]["kernel"])
+  np.testing.assert_array_equal(state.batch_stats["stem_bn"]["mean"],
+                                pretrained["batch_stats"]["stem_bn"]["mean"])
+  assert state.params["classifier"]["kernel"].shape == (1280, 2)

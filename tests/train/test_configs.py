@@ -1,0 +1,33 @@
+"""Every config in ``train/configs`` builds, names a registered task and model, and its
+preprocessing specs and optimizer parse (without preparing any data)."""
+
+import importlib
+import pathlib
+
+import pytest
+
+from jaxvision import models, tasks
+from jaxvision.data import preprocess
+from jaxvision.training import optim
+
+CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).resolve().parents[2] / "train" /
+                                  "configs").glob("*.py") if p.stem not in ("__init__", "common"))
+VARIANTS = {"mnist_dcgan": ("self_conditioned", "plain"),
+            "cifar10_finetune_effnet": ("finetune", "probe")}
+
+
+@pytest.mark.parametrize("name,variant", [(n, v) for n in CONFIGS
+                                          for v in VARIANTS.get(n, (None,))])
+def test_config_builds(name, variant):
+  module = importlib.import_module(f"train.configs.{name}")
+  config = module.get_config(variant) if variant else module.get_config()
+  task = tasks.create_task(config)
+  assert task.name == config.get("task", "classification")
+  for key in ("pp_train", "pp_eval"):
+    if key in config:
+      preprocess.parse(config[key])
+  if task.name == "classification":
+    assert config.model.name in models.MODELS
+    optim.make_optimizer(config.optimizer, 100)
+    if config.get("init_from") == "imagenet":
+      models.pretrained.get_spec(config.model.name)

@@ -1,0 +1,50 @@
+"""EfficientNet-Lite0's ImageNet weights on CIFAR-10: fine-tuned (default) or a linear probe.
+
+CIFAR-10 is read from ``$JAXVISION_DATA_DIR/cifar10`` (python batches) or, when absent, from
+the JPEG zip ``cifar10-jpeg/cifar10-jpeg.zip`` (see ``jaxvision/data/builders/cifar.py``). The
+32x32 images are resized to ``IMAGE_SIZE`` and scaled as the pretrained weights expect
+((x - 127) / 128). Not yet measured here: training times and accuracies go to
+``docs/RESULTS.md`` once run.
+
+  python -m train.main --config=train/configs/cifar10_finetune_effnet.py --workdir=runs/effnet_ft
+  python -m train.main --config=train/configs/cifar10_finetune_effnet.py:probe \\
+      --workdir=runs/effnet_probe
+"""
+
+import ml_collections
+
+from train.configs import common
+
+IMAGE_SIZE = 128
+SCALE = "value_range(-0.9921875, 1)"  # (x - 127) / 128 on 0-255 pixels
+
+
+def get_config(variant: str = "finetune") -> ml_collections.ConfigDict:
+  """``'finetune'`` (default: every layer, the backbone at a tenth of the head's learning rate)
+  or ``'probe'`` (``--config=...cifar10_finetune_effnet.py:probe``: the head only)."""
+  if variant not in ("finetune", "probe"):
+    raise ValueError(f"variant must be 'finetune' or 'probe'; found {variant!r}")
+  c = common.classification_config()
+  c.dataset = "cifar10"
+  c.model = ml_collections.ConfigDict({"name": "EfficientNetLite0"})
+  c.pp_train = f"random_crop(32, pad=4)|flip_lr|resize({IMAGE_SIZE})|{SCALE}"
+  c.pp_eval = f"resize({IMAGE_SIZE})|{SCALE}"
+  c.init_from = "imagenet"
+  c.head = "^classifier/"
+  c.batch_size = 64
+  c.eval_batch_size = 250
+  c.optimizer.name = "adamw"
+  c.optimizer.schedule = "warmup_cosine"
+  c.optimizer.warmup_steps = 200
+  if variant == "probe":
+    c.freeze_backbone = True
+    c.num_epochs = 3
+    c.optimizer.learning_rate = 3e-3
+  else:
+    c.backbone_lr_multiplier = 0.1
+    c.num_epochs = 3
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.weight_decay = 1e-4
+  c.label_smoothing = 0.1
+  c.log_every_steps = 50
+  return c
