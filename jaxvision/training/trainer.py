@@ -289,7 +289,8 @@ def train(task: Task, workdir) -> dict:
       if damaged:  # Orbax must not see the damaged steps again: set them aside, start over.
         run.checkpointer.close()
         for bad, _ in damaged:
-          print(f"  moved to {_move_aside(run.checkpointer.directory, bad)}")
+          if jax.process_index() == 0:  # one process renames (a shared filesystem)
+            print(f"  moved to {_move_aside(run.checkpointer.directory, bad)}")
         run.checkpointer = ckpt_lib.Checkpointer(
             run.checkpointer.directory, keep=config.get("keep_checkpoints", 2),
             best_metric=task.best_metric, best_mode=task.best_mode)
