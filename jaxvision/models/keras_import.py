@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxvision.models import pretrained
 from jaxvision.models.cnn import VGG, VGG_CONFIGS, BottleneckResNetBlock, ResNet
 
 KERAS_MODELS = ("VGG16", "ResNet50")
@@ -286,7 +287,6 @@ def from_keras(name: str, path: str | os.PathLike, *, input_shape: tuple[int, in
   shapes = jax.eval_shape(init, rng, x)
   # Shapes first, filled from the file below; what is left is initialised for real.
   params, stats = dict(shapes["params"]), dict(shapes.get("batch_stats", {}))
-  loaded = set()
   for layer, kind, module in layers:
     if layer in skip or (layer in top and num_classes is None):
       continue
@@ -304,25 +304,14 @@ def from_keras(name: str, path: str | os.PathLike, *, input_shape: tuple[int, in
       p["bias"] = _assign(p["bias"], values["beta"], f"{where} beta")
       s["mean"] = _assign(s["mean"], values["moving_mean"], f"{where} moving_mean")
       s["var"] = _assign(s["var"], values["moving_variance"], f"{where} moving_variance")
-      loaded.update({(*module, "scale"), (*module, "bias")})
     else:
       for v in want:
         p[v] = _assign(p[v], values[v], f"{where} {v}")
-        loaded.add((*module, v))
-  fresh = [path_ for path_ in _paths(params) if path_ not in loaded]
+  out, fresh = pretrained.init_missing(model, x, {"params": params, "batch_stats": stats}
+                                       if stats else {"params": params}, rng)
   if fresh:
-    # Only the fresh leaves leave the jitted init, so XLA drops the rest of the work.
-    def fresh_init(rng, x):
-      tree = init(rng, x)["params"]
-      return [_subtree(tree, p[:-1])[p[-1]] for p in fresh]
-
-    for path_, value in zip(fresh, jax.jit(fresh_init)(rng, x)):
-      _subtree(params, path_[:-1])[path_[-1]] = value
     print(f"from_keras({name}): not in {os.path.basename(os.fspath(path))}, freshly "
-          f"initialised: {', '.join('/'.join(p) for p in fresh)}")
-  out = {"params": params}
-  if stats:
-    out["batch_stats"] = stats
+          f"initialised: {', '.join(f.removeprefix('params/') for f in fresh)}")
   return model, out
 
 
@@ -332,13 +321,3 @@ def _subtree(tree: dict, path: tuple[str, ...]) -> dict:
     tree[key] = dict(tree[key])
     tree = tree[key]
   return tree
-
-
-def _paths(tree, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-  out = []
-  for key, value in tree.items():
-    if isinstance(value, dict) or hasattr(value, "items"):
-      out.extend(_paths(value, (*prefix, key)))
-    else:
-      out.append((*prefix, key))
-  return out
