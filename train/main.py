@@ -2,7 +2,8 @@
 
 Flags only: the task named by ``config.task`` (``jaxvision.tasks``) is looked up and run by
 the trainer (``--mode=train``, the default; resumes from the workdir) or asked for one of its
-other modes: ``evaluate`` and ``predict`` for classifiers, ``generate`` for GANs. For those,
+other modes: ``evaluate`` and ``predict`` for classifiers, ``generate`` for GANs, ``export``
+(StableHLO, SavedModel, TFLite, ONNX; ``jaxvision.export``) for all three. For those,
 ``--config`` may be left out: the workdir's ``config.json`` is used. Override config fields
 with ``--config.<key>=<value>``.
 
@@ -24,13 +25,17 @@ from ml_collections import config_flags  # noqa: E402
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, plots, results.")
-flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "generate"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "generate", "export"],
+                  "What to do.")
 flags.DEFINE_string("split", None, "Split for --mode=evaluate (default: config.eval_split).")
 flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Checkpoint for the other modes.")
 flags.DEFINE_list("images", [], "Image files for --mode=predict.")
 flags.DEFINE_integer("top_k", 3, "Labels per image for --mode=predict.")
 flags.DEFINE_integer("num", 64, "Samples to write for --mode=generate (GAN configs).")
 flags.DEFINE_string("out", None, "Folder for --mode=generate (default: <workdir>/generated).")
+flags.DEFINE_list("formats", ["stablehlo", "saved_model", "tflite", "onnx"],
+                  "Formats for --mode=export: stablehlo, saved_model, tflite, onnx, tflite_int8.")
+flags.DEFINE_string("export_dir", None, "Folder for --mode=export (default: <workdir>/export).")
 flags.DEFINE_string("pretrained", None, "With --mode=predict: classify --images with this "
                     "model's pretrained ImageNet weights (e.g. EfficientNetLite0); no workdir.")
 flags.register_multi_flags_validator(
@@ -79,7 +84,7 @@ def main(argv):
     kwargs = {name: FLAGS[name].value for name in params if name != "workdir"}
     print(task.format_result(FLAGS.mode, mode(FLAGS.workdir, **kwargs)))
   except (ValueError, FileNotFoundError, NotADirectoryError, FloatingPointError,
-          trainer.WorkdirInUseError) as e:
+          trainer.WorkdirInUseError, ImportError) as e:
     # Bad input: say what was expected and what was found, without a deep traceback.
     raise SystemExit(f"error: {type(e).__name__}: {e}") from None
 

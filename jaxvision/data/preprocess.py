@@ -94,6 +94,20 @@ def _parse_op(text: str) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
   return node.func.id, args, kwargs
 
 
+def parse_ops(spec: str) -> list[tuple[str, str, tuple[Any, ...], dict[str, Any]]]:
+  """Splits a spec string into its ops: ``[(text, name, args, kwargs), ...]`` in order.
+
+  Only the syntax is checked (the names are not looked up). An empty spec gives ``[]``.
+  """
+  out = []
+  texts = [t.strip() for t in spec.split("|")] if spec.strip() else []
+  for text in texts:
+    if not text:
+      raise ValueError(f"empty op in preprocessing spec {spec!r}")
+    out.append((text, *_parse_op(text)))
+  return out
+
+
 def parse(spec: str) -> Callable[[Features, tf.Tensor], Features]:
   """Builds ``fn(features, rng) -> features`` from a spec string (see the module docstring).
 
@@ -101,11 +115,7 @@ def parse(spec: str) -> Callable[[Features, tf.Tensor], Features]:
   ones), unparsable text, or arguments the op does not accept.
   """
   ops: list[Op] = []
-  texts = [t.strip() for t in spec.split("|")] if spec.strip() else []
-  for text in texts:
-    if not text:
-      raise ValueError(f"empty op in preprocessing spec {spec!r}")
-    name, args, kwargs = _parse_op(text)
+  for text, name, args, kwargs in parse_ops(spec):
     factory = get_op(name)
     try:
       ops.append(factory(*args, **kwargs))
@@ -157,7 +167,10 @@ def _pair(size, what: str) -> tuple[int, int]:
 
 
 def _like(result: tf.Tensor, dtype: tf.DType) -> tf.Tensor:
-  """Casts a float ``result`` back to ``dtype``: uint8 is rounded and clipped to [0, 255]."""
+  """Casts a float ``result`` back to ``dtype``: uint8 is rounded and clipped to [0, 255]
+  (a result already of ``dtype``, e.g. a nearest-neighbour resize, is returned as is)."""
+  if result.dtype == dtype:
+    return result
   if dtype == tf.uint8:
     return tf.cast(tf.clip_by_value(tf.round(result), 0.0, 255.0), tf.uint8)
   return tf.cast(result, dtype)

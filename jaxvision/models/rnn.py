@@ -269,8 +269,12 @@ class SameConv2D(nn.Module):
     if self.as_matmul:
       pads = [((k - 1) // 2, k - 1 - (k - 1) // 2) for k in (kh, kw)]
       zp = jnp.pad(z, [(0, 0), *pads, (0, 0)])
-      patches = jnp.concatenate([zp[:, dy:dy + height, dx:dx + width]
-                                 for dy in range(kh) for dx in range(kw)], axis=-1)
+      # lax slices, not zp[:, dy:dy + height, ...]: traced with a symbolic batch (jax.export)
+      # NumPy-style indexing becomes a dynamic gather, which TFLite cannot convert.
+      patches = jnp.concatenate([
+          jax.lax.slice_in_dim(jax.lax.slice_in_dim(zp, dy, dy + height, axis=1),
+                               dx, dx + width, axis=2)
+          for dy in range(kh) for dx in range(kw)], axis=-1)
       y = patches @ kernel.reshape(kh * kw * channels, self.features)
     else:
       y = layers.conv_general_dilated(z, kernel, (1, 1), 'SAME',
@@ -364,6 +368,8 @@ class ConvLSTMForecaster(nn.Module):
     hidden_features: channels of each ConvLSTM layer (encoder and forecaster alike).
     kernel_size: ConvLSTM gate kernel size.
     conv_as_matmul: ConvLSTM gate convolutions as im2col matmuls (``SameConv2D``).
+    unroll: scan unroll factor of the ConvLSTM layers (``True``: fully unrolled, no loop, as
+      exported for TFLite and ONNX; speed only otherwise).
     dtype: computation dtype.
   """
 
@@ -372,6 +378,7 @@ class ConvLSTMForecaster(nn.Module):
   hidden_features: Sequence[int] = (32, 32)
   kernel_size: Sequence[int] = (3, 3)
   conv_as_matmul: bool = True
+  unroll: int | bool = 1
   dtype: Dtype | None = None
 
   @nn.compact
@@ -398,7 +405,7 @@ class ConvLSTMForecaster(nn.Module):
     for i, feat in enumerate(self.hidden_features):
       cell = ConvLSTMCell(feat, kernel, conv_as_matmul=self.conv_as_matmul, dtype=self.dtype,
                           name=f'encoder_{i}')
-      carry, y = nn.RNN(cell)(y, return_carry=True)
+      carry, y = nn.RNN(cell, unroll=self.unroll)(y, return_carry=True)
       states.append(carry)
 
     h, w = y.shape[2:4]
@@ -407,7 +414,7 @@ class ConvLSTMForecaster(nn.Module):
     for i, feat in enumerate(self.hidden_features):
       cell = ConvLSTMCell(feat, kernel, conv_as_matmul=self.conv_as_matmul, dtype=self.dtype,
                           name=f'forecaster_{i}')
-      y = nn.RNN(cell)(y, initial_carry=states[i])
+      y = nn.RNN(cell, unroll=self.unroll)(y, initial_carry=states[i])
       outputs.append(y)
     y = jnp.concatenate(outputs, axis=-1)  # [B, T_out, h, w, sum(hidden)]
 

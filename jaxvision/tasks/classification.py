@@ -11,8 +11,8 @@ on ``config.dataset`` (``jaxvision.data.get_dataset``) with the trainer; evaluat
 every example of ``config.eval_split`` exactly once, and ranks checkpoints by accuracy. Its
 outputs: ``results.json``'s ``eval`` (accuracy, loss, macro-F1, per-class report, confusion
 matrix) and ``plots/confusion_matrix.png``. Modes: ``train``, ``evaluate`` (a split, with the
-best or latest checkpoint; writes ``eval_<split>.json``) and ``predict`` (image files, top-k
-labels).
+best or latest checkpoint; writes ``eval_<split>.json``), ``predict`` (image files, top-k
+labels) and ``export`` (``jaxvision.export``: uint8 images in, logits and probabilities out).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import numpy as np
 import optax
 
 from jaxvision import data, losses, models
+from jaxvision import export as export_lib
 from jaxvision.data import images as image_io
 from jaxvision.data import pipeline
 from jaxvision.metrics import classification as cls_metrics
@@ -208,7 +209,7 @@ class ClassificationTask(Task):
   ``backbone_lr_multiplier``.
   """
   name = "classification"
-  modes = ("train", "evaluate", "predict")
+  modes = ("train", "evaluate", "predict", "export")
   best_metric, best_mode = "accuracy", "max"
   # Resuming needs the same model, classes, input shape and dataset (a checkpoint of another
   # dataset is an error naming both, never a silent no-op).
@@ -385,6 +386,23 @@ class ClassificationTask(Task):
     if jax.process_index() == 0:
       (pathlib.Path(workdir) / f"eval_{split}.json").write_text(json.dumps(out, indent=2))
     return out
+
+  def serving(self, state, meta: dict):
+    """uint8 images ``[N, *meta['dataset_image_shape']]`` through ``meta['pp_eval']`` and the
+    model (float32): ``logits`` and ``probabilities`` ``[N, K]`` (see
+    ``export.classifier_serving``)."""
+    spec = export_lib.classifier_serving(
+        create_model(self.config, meta["num_classes"]), _variables(state),
+        image_shape=meta["dataset_image_shape"], pp=meta["pp_eval"],
+        class_names=meta["class_names"], name=meta["model"])
+    if list(spec.metadata["model_input_shape"]) != list(meta["input_shape"]):
+      raise ValueError(f"pp_eval {meta['pp_eval']!r} maps stored images of shape "
+                       f"{tuple(meta['dataset_image_shape'])} to "
+                       f"{tuple(spec.metadata['model_input_shape'])}; the model was trained on "
+                       f"{tuple(meta['input_shape'])}")
+    return spec
+
+  export = export_lib.export_mode
 
   def predict(self, workdir, *, images, top_k: int = 3, checkpoint: str = "best") -> list:
     """Classifies image files with the workdir's checkpoint: per file, the top-k

@@ -28,7 +28,8 @@ into ``paths.tfds_dir()``, loaded into memory and served by
 ``pipeline.make_array_train_iterator`` (the batch at step ``k`` is a function of
 ``(config.seed, k)``; resume skips to it) and ``make_array_eval_iterator`` (every test
 sequence exactly once). Checkpoints are ranked by the lowest test MSE; outputs:
-``plots/predictions.png`` (inputs, targets and predictions of a few test sequences).
+``plots/predictions.png`` (inputs, targets and predictions of a few test sequences). Modes:
+``train`` and ``export`` (``jaxvision.export``: frames in, predicted frames out).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import optax
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from jaxvision import export as export_lib
 from jaxvision import models
 from jaxvision.data import moving_mnist, paths, pipeline
 from jaxvision.training import jit as jit_lib
@@ -260,7 +262,7 @@ class SequencePredictionTask(Task):
   ``train_split``/``eval_split``, ``num_plot_sequences``, ``seed``, ``dtype``.
   """
   name = "sequence_prediction"
-  modes = ("train",)  # training ends with the test evaluation
+  modes = ("train", "export")  # training ends with the test evaluation
   best_metric, best_mode = "mse", "min"
   check_keys = ("model", "model_config", "input_shape")
   progress_metrics = ("loss", "mse")
@@ -343,6 +345,15 @@ class SequencePredictionTask(Task):
                 "model_config": json.loads(json.dumps(self.config.model.to_dict())),
                 "input_shape": meta["input_shape"]}
     return state, expected
+
+
+  def serving(self, state, meta: dict):
+    """float32 frames ``[N, T_in, H, W, C]`` in [0, 1] (stored uint8 / 255) to the predicted
+    frames ``sigmoid(logits)`` ``[N, T_out, H, W, C]`` (see ``export.sequence_serving``)."""
+    return export_lib.sequence_serving(self._model(), {"params": state.params},
+                                       input_shape=meta["input_shape"], name=meta["model"])
+
+  export = export_lib.export_mode
 
 
 def plot_sequences(inputs, targets, predictions, path, *, title: str = ""):

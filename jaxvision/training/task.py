@@ -22,8 +22,12 @@ calls them:
 
 Restore for inference: :meth:`Task.restore_target` gives the abstract state and the expected
 meta for a stored checkpoint (``trainer.restore`` does the rest). Modes other than ``train``
-(``evaluate``, ``predict``, ``generate``) are methods named like the mode, listed in
-:attr:`Task.modes`; ``train/main.py`` calls them with the matching flags.
+(``evaluate``, ``predict``, ``generate``, ``export``) are methods named like the mode, listed
+in :attr:`Task.modes`; ``train/main.py`` calls them with the matching flags.
+
+Serving (optional): :meth:`Task.serving` gives the inference function of a restored state as
+a :class:`ServingSpec` (its named, batched inputs and outputs); ``jaxvision.export`` writes it
+as StableHLO, a TensorFlow SavedModel, TFLite and ONNX (``--mode=export``).
 """
 
 from __future__ import annotations
@@ -70,6 +74,47 @@ class Hook:
   def due(self, step: int, total_steps: int) -> bool:
     return self.every > 0 and step % self.every == 0 and (self.at_last_step
                                                           or step < total_steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+  """One input of a served function.
+
+  Attributes:
+    name: the input's name in every exported format (a Python identifier).
+    shape: ``(None, *dims)``: the first axis is the batch (any size), the rest fixed.
+    dtype: ``'uint8'``, ``'float32'`` or ``'int32'``.
+    minval, maxval: the valid values, for example inputs (integers: ``[minval, maxval]``;
+      floats: uniform in ``[minval, maxval]``, or standard normal when both are None).
+  """
+  name: str
+  shape: tuple[int | None, ...]
+  dtype: str
+  minval: float | None = None
+  maxval: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingSpec:
+  """A task's inference function, ready to export (``jaxvision.export``).
+
+  Attributes:
+    fn: ``fn(variables, *inputs) -> {output name: array [N, ...]}``, inputs in the order of
+      ``inputs``; a pure JAX function of fixed shapes but the batch (any preprocessing of the
+      inputs included, so exported models take what the dataset stores, e.g. uint8 images).
+    variables: the model's variables (a pytree of arrays; constants of the exported programs).
+    inputs: the inputs' :class:`TensorSpec`.
+    outputs: the names of ``fn``'s outputs, in the order they are listed.
+    name: the model's name (for summaries).
+    metadata: JSON-serialisable facts a user of the export needs (class names, the
+      preprocessing applied inside ``fn``, the latent size, ...).
+  """
+  fn: Callable[..., Mapping[str, Any]]
+  variables: Any
+  inputs: tuple[TensorSpec, ...]
+  outputs: tuple[str, ...]
+  name: str
+  metadata: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 class Task:
@@ -181,6 +226,21 @@ class Task:
     restore fails with a clear error where they differ from the checkpoint's.
     """
     raise NotImplementedError
+
+  # -- Serving (optional). -----------------------------------------------------------------------
+
+  def serving(self, state, meta: dict) -> ServingSpec:
+    """The inference function of a restored ``state`` (checkpoint ``meta``) as a
+    :class:`ServingSpec`, for ``jaxvision.export`` and ``--mode=export``.
+
+    The function computes in float32 whatever ``config.dtype`` trained in, in inference mode
+    (BatchNorm running averages, no dropout), and takes the inputs as the task's data stores
+    them (a classifier: uint8 images, with the evaluation preprocessing inside). Tasks that
+    support it list ``'export'`` in :attr:`modes`. Default: not supported.
+    """
+    del state, meta
+    raise NotImplementedError(f"task {self.name!r} defines no serving function (Task.serving): "
+                              f"it cannot be exported")
 
   def format_result(self, mode: str, result) -> str:
     """What ``train/main.py`` prints after a non-train mode. Default: JSON."""

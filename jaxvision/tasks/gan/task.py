@@ -48,6 +48,7 @@ from PIL import Image
 from absl import logging
 
 from jaxvision import data
+from jaxvision import export as export_lib
 from jaxvision.data import pipeline
 from jaxvision.models import gan as gan_models
 from jaxvision.tasks.gan import clustering, steps as gan_steps
@@ -369,7 +370,7 @@ class GANTask(Task):
   ``num_train_steps``, ``eval_every_steps``, ``seed``, ``dtype``.
   """
   name = "gan"
-  modes = ("train", "generate")
+  modes = ("train", "generate", "export")
   best_metric, best_mode = BEST_METRIC, "min"
   check_keys = _META_KEYS
   guarded_metrics = GUARDED_METRICS
@@ -521,7 +522,21 @@ class GANTask(Task):
     return (self.generator, variables, restored.meta, restored.step, restored.mesh,
             _host_pool(restored.state))
 
+  def serving(self, state, meta: dict):
+    """The generator that samples (the EMA params with standing BatchNorm statistics when the
+    run kept an EMA): latents ``z`` (and ``labels`` when conditional) in, ``images`` in
+    [-1, 1] out (see ``export.generator_serving``)."""
+    variables = _generator_variables(self.generator, state, self.config)
+    conditional = getattr(self.generator, "num_classes", None) is not None
+    return export_lib.generator_serving(
+        self.generator, variables, name=self.config.generator.name,
+        class_names=meta["class_names"] if conditional else None)
+
+  export = export_lib.export_mode
+
   def format_result(self, mode: str, result) -> str:
+    if mode == "export":
+      return super().format_result(mode, result)
     return (f"Wrote {len(result['samples'])} samples to {result['out']} (samples.json lists "
             f"them)")
 

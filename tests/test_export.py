@@ -1,0 +1,427 @@
+"""jaxvision.export: each format against the JAX model, fresh processes, the CLI mode.
+
+References are computed apart from the exporter: classifiers' inputs go through the TF
+preprocessing of ``jaxvision.data`` (not the exporter's JAX version of it) and the model's own
+``apply``; generators and forecasters are run with ``apply`` on the same inputs.
+"""
+
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxvision import export, inference, models
+from jaxvision.backends import cpu
+from jaxvision.data import images as image_io
+from jaxvision.tasks import classification
+from jaxvision.tasks.gan import task as gan_task
+from jaxvision.training import trainer
+from train.configs import digits_cnn, mnist_dcgan
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TOLERANCE = 1e-4  # the issue's bound for float32 formats
+FILES = {fmt: export.FILE_NAMES[fmt] for fmt in export.ALL_FORMATS}
+FLOAT_FORMATS = ("stablehlo", "saved_model", "tflite", "onnx")
+
+
+def _softmax64(logits):
+  z = np.asarray(logits, np.float64)
+  z = np.exp(z - z.max(-1, keepdims=True))
+  return z / z.sum(-1, keepdims=True)
+
+
+def _jit_apply(model):
+  """``model.apply(variables, *inputs, train=False)``, jitted as written (the reference)."""
+  return jax.jit(lambda variables, *inputs: model.apply(variables, *inputs, train=False))
+
+
+def _uint8_images(n, shape, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, (n, *shape), endpoint=True).astype(
+      np.uint8)
+
+
+# -- The exporter's preprocessing against TF's. ---------------------------------------------------
+
+
+@pytest.mark.parametrize("pp, shape", [
+    ("resize(16)|value_range(0, 1)", (8, 8, 1)),                       # the digits demo
+    ("resize((20, 12))|normalize(0.5, 0.25)", (32, 24, 3)),           # downsampling
+    ("resize((13, 30))|value_range(-1, 1)", (9, 16, 1)),
+    ("resize(11, method='nearest')|value_range(0, 1)", (7, 5, 1)),
+    ("resize((3, 9), method='nearest')|value_range(0, 1)", (7, 5, 3)),
+    ("resize_small(12)|center_crop(10)|normalize((0.4, 0.5, 0.6), (0.2, 0.3, 0.25))",
+     (16, 20, 3)),
+    ("grayscale_to_rgb|keras_imagenet('torch')", (6, 6, 1)),
+    ("keras_imagenet('caffe')", (6, 6, 3)),
+    ("value_range(0, 1)|resize(9)|normalize(0.1307, 0.3081)", (6, 6, 1)),  # float resize
+    ("", (5, 5, 3)),
+])
+def test_preprocessing_matches_the_tf_ops(pp, shape):
+  images = _uint8_images(3, shape, seed=len(pp))
+  fn, out_shape = export.preprocessing_fn(pp, shape)
+  ours = np.asarray(jax.jit(fn)(images))
+  reference = image_io.preprocess_images(images, pp=pp)  # TF, image by image
+  assert ours.shape == reference.shape == (3, *out_shape)
+  # uint8 stages round identically (a one-level slip would be >= 1/255 * scale here).
+  np.testing.assert_allclose(ours, reference, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("pp, shape, message", [
+    ("random_crop(8)|value_range(0, 1)", (8, 8, 1), "random_crop"),
+    ("resize(16, method='bicubic')", (8, 8, 1), "bicubic"),
+    ("resize(4, antialias=True)", (8, 8, 1), "antialias"),
+    ("rotate(10)", (8, 8, 1), "rotate"),
+    ("value_range(0, 1)", (None, None, 3), "fixed stored image shape"),
+    ("value_range(0, 1, bogus=2)", (8, 8, 1), "bad arguments"),
+    ("nosuchop", (8, 8, 1), "unknown preprocessing op"),
+])
+def test_preprocessing_the_exporter_cannot_write_is_a_clear_error(pp, shape, message):
+  with pytest.raises(ValueError, match=message):
+    export.preprocessing_fn(pp, shape)
+
+
+# -- Tiny models exported to every format. -----------------------------------------------------
+
+
+def _simple_cnn():
+  model = models.create_model("SimpleCNN", num_classes=4, hidden=8)
+  variables = model.init(jax.random.PRNGKey(1), jnp.zeros((1, 16, 16, 1)), train=False)
+  pp = "resize(16)|value_range(0, 1)"
+  spec = export.classifier_serving(model, variables, image_shape=(8, 8, 1), pp=pp,
+                                   class_names=list("abcd"))
+
+  def reference(images):
+    logits, _ = _jit_apply(model)(variables, image_io.preprocess_images(images, pp=pp))
+    return {"logits": np.asarray(logits), "probabilities": _softmax64(logits)}
+
+  return spec, reference, lambda n, seed: {"images": _uint8_images(n, (8, 8, 1), seed)}
+
+
+def _row_lstm():
+  # Bidirectional: two rolled scans (a while loop each in every format).
+  model = models.create_model("RowLSTMClassifier", num_classes=3, features=4, num_layers=1)
+  variables = model.init(jax.random.PRNGKey(2), jnp.zeros((1, 5, 4, 1)), train=False)
+  pp = "value_range(0, 1)|normalize(0.5, 0.3)"
+  spec = export.classifier_serving(model, variables, image_shape=(5, 4, 1), pp=pp)
+
+  def reference(images):
+    logits, _ = _jit_apply(model)(variables, image_io.preprocess_images(images, pp=pp))
+    return {"logits": np.asarray(logits), "probabilities": _softmax64(logits)}
+
+  return spec, reference, lambda n, seed: {"images": _uint8_images(n, (5, 4, 1), seed)}
+
+
+def _dcgan_generator():
+  generator = models.Generator(latent_dim=6, image_shape=(16, 16, 1), base_features=4)
+  variables = generator.init(jax.random.PRNGKey(3), jnp.zeros((1, 6)), train=False)
+  # Non-trivial BatchNorm statistics, as a trained generator has.
+  stats = jax.tree.map(lambda a: a + 0.3 * np.random.default_rng(0).random(a.shape),
+                       variables["batch_stats"])
+  variables = {"params": variables["params"], "batch_stats": stats}
+  spec = export.generator_serving(generator, variables)
+
+  def reference(z):
+    return {"images": np.asarray(_jit_apply(generator)(variables, z))}
+
+  return spec, reference, lambda n, seed: {
+      "z": np.random.default_rng(seed).standard_normal((n, 6)).astype(np.float32)}
+
+
+def _conditional_generator():
+  generator = models.ConditionalGenerator(num_classes=3, latent_dim=5, image_shape=(8, 8, 1),
+                                          base_features=4, embed_dim=3)
+  variables = generator.init(jax.random.PRNGKey(4), jnp.zeros((1, 5)),
+                             jnp.zeros((1,), jnp.int32), train=False)
+  spec = export.generator_serving(generator, variables, class_names=["x", "y", "z"])
+
+  def reference(z, labels):
+    return {"images": np.asarray(_jit_apply(generator)(variables, z, labels))}
+
+  def inputs(n, seed):
+    rng = np.random.default_rng(seed)
+    return {"z": rng.standard_normal((n, 5)).astype(np.float32),
+            "labels": rng.integers(0, 3, n).astype(np.int32)}
+
+  return spec, reference, inputs
+
+
+def _conv_lstm():
+  model = models.ConvLSTMForecaster(num_output_frames=2, stem_features=(2,),
+                                    hidden_features=(2,))
+  variables = model.init(jax.random.PRNGKey(5), jnp.zeros((1, 2, 4, 4, 1)), train=False)
+  spec = export.sequence_serving(model, variables, input_shape=(2, 4, 4, 1))
+
+  def reference(frames):
+    logits, _ = _jit_apply(model)(variables, frames)
+    return {"predicted_frames": np.asarray(jax.nn.sigmoid(logits))}
+
+  return spec, reference, lambda n, seed: {
+      "frames": np.random.default_rng(seed).random((n, 2, 4, 4, 1)).astype(np.float32)}
+
+
+MODELS = {"simple_cnn": _simple_cnn, "row_lstm": _row_lstm, "dcgan": _dcgan_generator,
+          "cgan": _conditional_generator, "conv_lstm": _conv_lstm}
+# Dynamic-range int8 is an option; one model checks it.
+FORMATS = {name: FLOAT_FORMATS + (("tflite_int8",) if name == "simple_cnn" else ())
+           for name in MODELS}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  """Each tiny model in every format (written once per module, lazily)."""
+  cache = {}
+
+  def get(name):
+    if name not in cache:
+      spec, reference, inputs = MODELS[name]()
+      out = tmp_path_factory.mktemp(name)
+      summary = export.export(spec, out, formats=FORMATS[name], verify=False)
+      cache[name] = spec, reference, inputs, out, summary
+    return cache[name]
+
+  return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_format_matches_the_jax_model(exported, name):
+  spec, reference, inputs, out, summary = exported(name)
+  assert sorted(summary["files"]) == sorted(FORMATS[name])
+  for fmt in FORMATS[name]:
+    assert summary["files"][fmt]["bytes"] > 0 and (out / FILES[fmt]).exists()
+    run = export.load(out / FILES[fmt])
+    for batch in (1, 3) if name == "simple_cnn" else (2,):  # any batch size
+      x = inputs(batch, seed=batch)
+      got, want = run(**x), reference(**x)
+      assert sorted(got) == sorted(spec.outputs)
+      for key in want:
+        assert got[key].shape == want[key].shape, (fmt, key)
+        diff = np.max(np.abs(got[key].astype(np.float64) - want[key]))
+        if fmt == "tflite_int8":  # int8 weights: close, not equal
+          assert diff < 0.1 * max(1.0, np.max(np.abs(want[key]))), (fmt, key, diff)
+        else:
+          assert diff <= TOLERANCE, (fmt, key, diff)
+  assert summary["inputs"] == [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype}
+                               for s in spec.inputs]
+
+
+def test_stablehlo_has_a_symbolic_batch_and_portable_ops(tmp_path):
+  spec, reference, inputs = _simple_cnn()
+  export.export_stablehlo(spec, tmp_path / "m.stablehlo")
+  exported = jax.export.deserialize(bytearray((tmp_path / "m.stablehlo").read_bytes()))
+  (aval,) = exported.in_avals
+  assert not isinstance(aval.shape[0], int) and aval.shape[1:] == (8, 8, 1)
+  assert aval.dtype == jnp.uint8 and exported.platforms == export.PLATFORMS
+  text = exported.mlir_module()
+  assert "stablehlo.convolution" in text and _custom_calls(text) <= {"shape_assertion"}
+  for batch in (2, 5):
+    x = inputs(batch, seed=batch)
+    out = exported.call(**x)
+    np.testing.assert_allclose(out["probabilities"], reference(**x)["probabilities"],
+                               rtol=0, atol=TOLERANCE)
+
+
+def _custom_calls(text):
+  """Targets of the custom calls in StableHLO text (jax's own ``shape_assertion`` included)."""
+  return set(re.findall(r"custom_call @(\w+)", text))
+
+
+def _ops(text):
+  return re.findall(r"stablehlo\.\w+", text)
+
+
+def test_export_inside_the_cpu_backend_context_still_traces_portable_ops():
+  spec, _, _ = _simple_cnn()
+  outside = export.export_stablehlo(spec).mlir_module()
+  with cpu.enabled(onednn=True):  # open in this thread; export traces in its own
+    inside = export.export_stablehlo(spec).mlir_module()
+    # The control: in this thread the same model does get the backend's custom calls.
+    model = models.create_model("SimpleCNN", num_classes=4)
+    x = jnp.zeros((2, 16, 16, 1))
+    variables = model.init(jax.random.PRNGKey(0), x, train=False)
+    here = jax.jit(lambda x: model.apply(variables, x, train=False)[0]).lower(x).as_text()
+  assert _ops(inside) == _ops(outside) and _custom_calls(inside) == {"shape_assertion"}
+  if cpu.onednn.available():
+    assert _custom_calls(here) - {"shape_assertion"}
+
+
+FRESH_LOADER = r"""
+import sys
+import jax                                                 # StableHLO: jax.export
+import numpy as np
+import onnxruntime as ort                                  # ONNX: ONNX Runtime
+import tensorflow as tf                                    # SavedModel: plain TensorFlow
+from ai_edge_litert.interpreter import Interpreter         # TFLite: LiteRT
+for out_dir, inputs_file in zip(sys.argv[1::2], sys.argv[2::2]):
+  inputs = dict(np.load(inputs_file))
+  serve = tf.saved_model.load(out_dir + "/saved_model").signatures["serving_default"]
+  results = {"saved_model": {k: v.numpy() for k, v in serve(
+      **{k: tf.constant(v) for k, v in inputs.items()}).items()}}
+  runner = Interpreter(model_path=out_dir + "/model.tflite").get_signature_runner()
+  results["tflite"] = runner(**inputs)
+  session = ort.InferenceSession(out_dir + "/model.onnx", providers=["CPUExecutionProvider"])
+  names = [o.name for o in session.get_outputs()]
+  results["onnx"] = dict(zip(names, session.run(names, inputs)))
+  exported = jax.export.deserialize(bytearray(open(out_dir + "/model.stablehlo", "rb").read()))
+  results["stablehlo"] = {k: np.asarray(v) for k, v in exported.call(**inputs).items()}
+  np.savez(out_dir + "/fresh.npz", **{f"{f}/{k}": v for f, r in results.items()
+                                      for k, v in r.items()})
+assert not [m for m in sys.modules if m.startswith("jaxvision")], "jaxvision was imported"
+print("loaded")
+"""
+
+
+def _fresh_env():
+  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS")}
+  return dict(env, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+
+
+@pytest.mark.slow
+def test_exports_load_in_a_fresh_process_without_jaxvision(exported, tmp_path):
+  names = ("simple_cnn", "cgan")  # uint8 images; two inputs (float latents, int32 labels)
+  args = []
+  for name in names:
+    _, _, inputs, out, _ = exported(name)
+    np.savez(out / "inputs.npz", **inputs(4, seed=7))
+    args += [str(out), str(out / "inputs.npz")]
+  run = subprocess.run([sys.executable, "-c", FRESH_LOADER, *args], cwd=tmp_path,
+                       env=_fresh_env(), capture_output=True, text=True, timeout=240)
+  assert run.returncode == 0, run.stderr[-3000:]
+  for name in names:
+    spec, reference, inputs, out, _ = exported(name)
+    got, want = np.load(out / "fresh.npz"), reference(**inputs(4, seed=7))
+    for fmt in FLOAT_FORMATS:
+      for key in spec.outputs:
+        diff = np.max(np.abs(got[f"{fmt}/{key}"].astype(np.float64) - want[key]))
+        assert diff <= TOLERANCE, (name, fmt, key, diff)
+
+
+PLAIN_JAX_EXPORT = r"""
+import re
+import jax, jax.numpy as jnp, numpy as np
+from jaxvision import models
+b, = jax.export.symbolic_shape("b")
+# SimpleCNN; a ResNet with the imagenet stem (max pool, BatchNorm, average pool).
+for model, shape in [(models.SimpleCNN(num_classes=10), (28, 28, 1)),
+                     (models.ResNet(stage_sizes=(1,), num_filters=4, num_classes=10),
+                      (32, 32, 3))]:
+  v = model.init(jax.random.PRNGKey(0), jnp.zeros((1, *shape)), train=False)
+  f = jax.jit(lambda x: model.apply(v, x, train=False)[0])
+  exp = jax.export.export(f)(jax.ShapeDtypeStruct((b, *shape), jnp.float32))
+  assert set(re.findall(r"custom_call @(\w+)", exp.mlir_module())) <= {"shape_assertion"}
+  back = jax.export.deserialize(exp.serialize())
+  for n in (1, 3) if shape[0] == 28 else (2,):
+    x = np.random.default_rng(n).random((n, *shape)).astype(np.float32)
+    np.testing.assert_allclose(back.call(x), f(x), rtol=0, atol=1e-5)
+print("plain jax.export OK")
+"""
+
+
+def test_plain_jax_export_of_a_model_works_in_a_fresh_process_with_defaults(tmp_path):
+  env = dict(_fresh_env(), PYTHONPATH=str(REPO))
+  run = subprocess.run([sys.executable, "-c", PLAIN_JAX_EXPORT], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=240)
+  assert run.returncode == 0 and "plain jax.export OK" in run.stdout, run.stderr[-3000:]
+
+
+def test_unknown_formats_and_a_missing_extra_are_clear_errors(tmp_path, monkeypatch):
+  spec, _, _ = _dcgan_generator()
+  with pytest.raises(ValueError, match="formats must be some of"):
+    export.export(spec, tmp_path, formats=("tflite", "coreml"))
+  monkeypatch.setitem(sys.modules, "tf2onnx", None)  # as if not installed
+  with pytest.raises(export.MissingExtraError, match=r"pip install 'jaxvision\[export\]'"):
+    export.export(spec, tmp_path, formats=("onnx",))
+  assert not (tmp_path / "model.onnx").exists()
+
+
+# -- Workdirs: the tasks' serving functions and --mode=export. ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits_workdir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("digits") / "run"
+  c = digits_cnn.get_config()
+  c.batch_size, c.eval_batch_size, c.num_train_steps, c.eval_every_steps = 32, 120, 6, 6
+  c.disable_progress_bar = True
+  trainer.train(classification.ClassificationTask(c), workdir)
+  return workdir
+
+
+@pytest.mark.slow
+def test_cli_export_of_a_classification_workdir(digits_workdir, tmp_path):
+  out_dir = tmp_path / "exported"
+  run = subprocess.run(
+      [sys.executable, "-m", "train.main", f"--workdir={digits_workdir}", "--mode=export",
+       "--formats=stablehlo,onnx", f"--export_dir={out_dir}"],
+      cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), capture_output=True,
+      text=True, timeout=300)
+  assert run.returncode == 0, run.stderr[-3000:]
+  printed = json.loads(run.stdout[run.stdout.index("{"):])
+  assert printed == json.loads((out_dir / "export.json").read_text())
+  files = printed["files"]
+  assert sorted(files) == ["onnx", "stablehlo"]
+  for fmt, record in files.items():
+    assert record["bytes"] == (out_dir / FILES[fmt]).stat().st_size > 10_000
+    assert record["max_abs_diff"] <= TOLERANCE
+  assert printed["checkpoint_step"] == 6 and printed["inputs"] == [
+      {"name": "images", "shape": [None, 8, 8, 1], "dtype": "uint8"}]
+  assert printed["metadata"]["preprocessing"] == "resize(16)|value_range(0, 1)"
+  assert printed["metadata"]["class_names"] == [str(d) for d in range(10)]
+  # The exported classifier agrees with the library's own (TF preprocessing, restored state).
+  images = _uint8_images(5, (8, 8, 1), seed=11)
+  want = inference.load_classifier(digits_workdir).probabilities(images)
+  for fmt in ("stablehlo", "onnx"):
+    got = export.load(out_dir / FILES[fmt])(images=images)["probabilities"]
+    np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE)
+
+
+def test_export_mode_checks_the_formats_first(tmp_path):
+  task = classification.ClassificationTask(digits_cnn.get_config())
+  assert "export" in task.modes
+  with pytest.raises(ValueError, match="--formats must be some of"):
+    task.export(tmp_path, formats=["stablehlo", "pdf"])  # before looking for a checkpoint
+
+
+@pytest.mark.slow
+def test_gan_workdir_exports_its_sampling_generator(tmp_path):
+  c = mnist_dcgan.get_config("plain")
+  c.dataset = "digits"
+  c.generator.latent_dim, c.generator.base_features, c.discriminator.base_features = 8, 4, 4
+  c.batch_size, c.num_train_steps, c.eval_every_steps, c.eval_batch_size = 16, 2, 2, 40
+  c.standing_stats_samples, c.grid_rows, c.grid_columns = 64, 2, 2
+  c.interpolation_rows, c.interpolation_steps = 2, 3
+  c.disable_progress_bar = True
+  workdir = tmp_path / "gan"
+  trainer.train(gan_task.GANTask(c), workdir)
+  summary = export.export_workdir(workdir, formats=("stablehlo",))
+  assert summary["inputs"] == [{"name": "z", "shape": [None, 8], "dtype": "float32"}]
+  assert summary["metadata"]["image_shape"] == [8, 8, 1]
+  # Reference: the generator the task samples with (EMA params, standing statistics).
+  generator, variables, *_ = gan_task.GANTask(c).restore_generator(workdir)
+  z = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
+  want = np.asarray(generator.apply(variables, z, train=False))
+  got = export.load(workdir / "export" / FILES["stablehlo"])(z=z)["images"]
+  np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE)
+
+
+@pytest.mark.slow
+def test_a_uint8_resize_is_bit_exact_with_tf_in_every_format(tmp_path):
+  """Rounding back to uint8 after interpolating makes one-ulp differences visible (a grey
+  level at near-ties); every format computes TF's products, so none appears."""
+  pp, shape = "resize((40, 31))|value_range(0, 1)", (17, 23, 3)
+  fn, _ = export.preprocessing_fn(pp, shape)
+  spec = export.ServingSpec(lambda v, x: {"pixels": fn(x)}, {}, (
+      export.TensorSpec("images", (None, *shape), "uint8", 0, 255),), ("pixels",), "pp")
+  export.export(spec, tmp_path, formats=FLOAT_FORMATS, verify=False)
+  images = _uint8_images(16, shape, seed=3)
+  reference = image_io.preprocess_images(images, pp=pp)
+  for fmt in FLOAT_FORMATS:
+    got = export.load(tmp_path / FILES[fmt])(images=images)["pixels"]
+    np.testing.assert_array_equal(got, reference, err_msg=fmt)
