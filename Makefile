@@ -15,7 +15,7 @@ $(PY):
 
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,onednn,pretrained]"
+	$(PY) -m pip install --quiet -e ".[test,onednn,pretrained,export]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -187,8 +187,13 @@ def _resize(size, method: str = "bilinear", antialias: bool = False):
   return op
 
 
+def _hw(size) -> tuple[int, int]:
+  """An op's ``size`` (int or ``(h, w)``, checked by the TF op's factory) as ``(h, w)``."""
+  return (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
 def _j_resize(size, method: str = "bilinear", antialias: bool = False):
-  return _resize(preprocess._pair(size, "resize"), method, antialias)  # pylint: disable=protected-access
+  return _resize(_hw(size), method, antialias)
 
 
 def _j_resize_small(size: int, method: str = "bilinear", antialias: bool = False):
@@ -200,7 +205,7 @@ def _j_resize_small(size: int, method: str = "bilinear", antialias: bool = False
 
 
 def _j_center_crop(size):
-  h, w = preprocess._pair(size, "center_crop")  # pylint: disable=protected-access
+  h, w = _hw(size)
 
   def op(x, shape):
     if shape[0] < h or shape[1] < w:
@@ -277,8 +282,9 @@ def preprocessing_fn(pp: str, image_shape: Sequence[int]
   Args:
     pp: an evaluation preprocessing spec, e.g. ``'resize(16)|value_range(0, 1)'``. Exported
       ops: ``value_range``, ``normalize``, ``resize`` and ``resize_small`` (bilinear or
-      nearest, without antialias), ``center_crop``, ``grayscale_to_rgb``, ``keras_imagenet``. They compute what the TF ops compute for each image (uint8 stays
-      uint8 through the geometric ops, rounded half to even).
+      nearest, without antialias), ``center_crop``, ``grayscale_to_rgb``, ``keras_imagenet``.
+      They compute what the TF ops compute for each image, bit for bit where the result is
+      rounded back to uint8 (the geometric ops keep uint8 uint8, rounded half to even).
     image_shape: ``(H, W, C)`` of the stored images (fixed sizes).
 
   Returns:
