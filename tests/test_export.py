@@ -20,10 +20,12 @@ import pytest
 from jaxvision import export, inference, models
 from jaxvision.backends import cpu
 from jaxvision.data import images as image_io
-from jaxvision.tasks import classification
+from jaxvision.data import moving_mnist, paths
+from jaxvision.data.builders.idx import write_idx
+from jaxvision.tasks import classification, sequence_prediction
 from jaxvision.tasks.gan import task as gan_task
-from jaxvision.training import trainer
-from train.configs import digits_cnn, mnist_dcgan
+from jaxvision.training import sharding, trainer
+from train.configs import digits_cnn, mnist_dcgan, moving_mnist_convlstm
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4  # the issue's bound for float32 formats
@@ -389,25 +391,28 @@ def test_export_mode_checks_the_formats_first(tmp_path):
     task.export(tmp_path, formats=["stablehlo", "pdf"])  # before looking for a checkpoint
 
 
+def _task_state(task):
+  """A fresh state of ``task`` on one device, and its checkpoint meta (no training)."""
+  task.prepare()
+  return task.create_state(next(task.train_batches(0)), sharding.make_mesh(1), abstract=False)
+
+
 @pytest.mark.slow
-def test_gan_workdir_exports_its_sampling_generator(tmp_path):
+def test_gan_task_serves_its_sampling_generator():
   c = mnist_dcgan.get_config("plain")
   c.dataset = "digits"
   c.generator.latent_dim, c.generator.base_features, c.discriminator.base_features = 8, 4, 4
-  c.batch_size, c.num_train_steps, c.eval_every_steps, c.eval_batch_size = 16, 2, 2, 40
-  c.standing_stats_samples, c.grid_rows, c.grid_columns = 64, 2, 2
-  c.interpolation_rows, c.interpolation_steps = 2, 3
-  c.disable_progress_bar = True
-  workdir = tmp_path / "gan"
-  trainer.train(gan_task.GANTask(c), workdir)
-  summary = export.export_workdir(workdir, formats=("stablehlo",))
-  assert summary["inputs"] == [{"name": "z", "shape": [None, 8], "dtype": "float32"}]
-  assert summary["metadata"]["image_shape"] == [8, 8, 1]
+  c.batch_size, c.num_train_steps, c.standing_stats_samples = 16, 2, 64
+  task = gan_task.GANTask(c)
+  state, meta = _task_state(task)
+  spec = task.serving(state, meta)
+  assert [s.name for s in spec.inputs] == ["z"] and spec.metadata["image_shape"] == [8, 8, 1]
   # Reference: the generator the task samples with (EMA params, standing statistics).
-  generator, variables, *_ = gan_task.GANTask(c).restore_generator(workdir)
+  variables = gan_task._generator_variables(  # pylint: disable=protected-access
+      task.generator, state, c)
   z = np.random.default_rng(0).standard_normal((3, 8)).astype(np.float32)
-  want = np.asarray(generator.apply(variables, z, train=False))
-  got = export.load(workdir / "export" / FILES["stablehlo"])(z=z)["images"]
+  want = np.asarray(_jit_apply(task.generator)(variables, z))
+  got = export.export_stablehlo(spec).call(z=z)["images"]
   np.testing.assert_allclose(got, want, rtol=0, atol=TOLERANCE)
 
 
@@ -425,3 +430,27 @@ def test_a_uint8_resize_is_bit_exact_with_tf_in_every_format(tmp_path):
   for fmt in FLOAT_FORMATS:
     got = export.load(tmp_path / FILES[fmt])(images=images)["pixels"]
     np.testing.assert_array_equal(got, reference, err_msg=fmt)
+
+
+@pytest.mark.slow
+def test_sequence_task_serves_its_forecaster(tmp_path, monkeypatch):
+  monkeypatch.setenv(paths.TFDS_ENV_VAR, str(tmp_path / "tfds"))
+  mnist = tmp_path / "mnist"
+  mnist.mkdir()
+  rng = np.random.default_rng(0)
+  for name, n in ((moving_mnist.TRAIN_IMAGES, 6), (moving_mnist.TEST_IMAGES, 4)):
+    write_idx(mnist / name, rng.integers(0, 256, (n, 28, 28)).astype(np.uint8))
+  c = moving_mnist_convlstm.get_config()
+  c.data.update(num_train=4, num_test=2, data_seed=0, mnist_dir=str(mnist), num_input_frames=2,
+                num_frames=4, frame_size=32)
+  c.model.update(stem_features=(2,), hidden_features=(2,))
+  c.batch_size, c.num_train_steps = 2, 1
+  task = sequence_prediction.SequencePredictionTask(c)
+  state, meta = _task_state(task)
+  spec = task.serving(state, meta)
+  assert [(s.name, s.shape) for s in spec.inputs] == [("frames", (None, 2, 32, 32, 1))]
+  frames = rng.random((3, 2, 32, 32, 1)).astype(np.float32)
+  model = task._model()  # pylint: disable=protected-access
+  logits, _ = _jit_apply(model)({"params": state.params}, frames)
+  got = export.export_stablehlo(spec).call(frames=frames)["predicted_frames"]
+  np.testing.assert_allclose(got, jax.nn.sigmoid(logits), rtol=0, atol=TOLERANCE)
