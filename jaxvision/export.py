@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import json
 import os
 import pathlib
@@ -55,6 +56,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -330,9 +332,31 @@ def preprocessing_fn(pp: str, image_shape: Sequence[int]
 # -- Serving specs from code. --------------------------------------------------------------------
 
 
+def _average_pool(inputs: jax.Array, window_shape, strides=None, padding="VALID",
+                  count_include_pad: bool = True) -> jax.Array:
+  """``flax.linen.avg_pool`` of ``[B, H, W, C]`` as a depthwise convolution with weights
+  ``1 / window size`` (the same values, summed in another order): TFLite keeps a
+  ``reduce_window`` sum as its ``STABLEHLO_REDUCE_WINDOW`` op, which tf2onnx cannot read."""
+  if not count_include_pad or inputs.ndim != 4:
+    raise ValueError("exporting an average pool needs [B, H, W, C] inputs and "
+                     "count_include_pad=True (flax's default)")
+  window = tuple(window_shape)
+  channels = inputs.shape[-1]
+  kernel = jnp.full((*window, 1, channels), 1.0 / np.prod(window), inputs.dtype)
+  return jax.lax.conv_general_dilated(
+      inputs, kernel, tuple(strides or (1,) * len(window)), padding,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=channels)
+
+
 def _serving_model(model):
-  """``model`` computing in float32 (params are float32 whatever ``dtype`` trained in)."""
-  return model.clone(dtype=jnp.float32) if hasattr(model, "dtype") else model
+  """``model`` as exported: computing in float32 (params are float32 whatever ``dtype``
+  trained in), and with a pooling field set to ``flax.linen.avg_pool`` (``LeNet5.pool``)
+  replaced by :func:`_average_pool`."""
+  updates = {"dtype": jnp.float32} if hasattr(model, "dtype") else {}
+  for field in dataclasses.fields(model):
+    if getattr(model, field.name, None) is nn.avg_pool:
+      updates[field.name] = _average_pool
+  return model.clone(**updates) if updates else model
 
 
 def _host(variables):

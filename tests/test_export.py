@@ -106,6 +106,20 @@ def _simple_cnn():
   return spec, reference, lambda n, seed: {"images": _uint8_images(n, (8, 8, 1), seed)}
 
 
+def _lenet():
+  # Its average pools are exported as depthwise convolutions; the reference keeps flax's.
+  model = models.create_model("LeNet5", num_classes=3)
+  variables = model.init(jax.random.PRNGKey(6), jnp.zeros((1, 28, 28, 1)), train=False)
+  pp = "value_range(0, 1)"
+  spec = export.classifier_serving(model, variables, image_shape=(28, 28, 1), pp=pp)
+
+  def reference(images):
+    logits, _ = _jit_apply(model)(variables, image_io.preprocess_images(images, pp=pp))
+    return {"logits": np.asarray(logits), "probabilities": _softmax64(logits)}
+
+  return spec, reference, lambda n, seed: {"images": _uint8_images(n, (28, 28, 1), seed)}
+
+
 def _row_lstm():
   # Bidirectional: two rolled scans (a while loop each in every format).
   model = models.create_model("RowLSTMClassifier", num_classes=3, features=4, num_layers=1)
@@ -168,8 +182,8 @@ def _conv_lstm():
       "frames": np.random.default_rng(seed).random((n, 2, 4, 4, 1)).astype(np.float32)}
 
 
-MODELS = {"simple_cnn": _simple_cnn, "row_lstm": _row_lstm, "dcgan": _dcgan_generator,
-          "cgan": _conditional_generator, "conv_lstm": _conv_lstm}
+MODELS = {"simple_cnn": _simple_cnn, "lenet": _lenet, "row_lstm": _row_lstm,
+          "dcgan": _dcgan_generator, "cgan": _conditional_generator, "conv_lstm": _conv_lstm}
 # Dynamic-range int8 is an option; one model checks it.
 FORMATS = {name: FLOAT_FORMATS + (("tflite_int8",) if name == "simple_cnn" else ())
            for name in MODELS}
