@@ -23,8 +23,14 @@ named outputs. Every format takes any batch size:
   ``tf.lite.TFLiteConverter``; ``tflite_int8``: ``model_int8.tflite``, dynamic-range int8
   weights (activations stay float).
 * ``onnx``: ``model.onnx`` (opset :data:`ONNX_OPSET`), converted by ``tf2onnx`` from the
-  float32 TFLite model (``tf2onnx`` cannot read the SavedModel's ``XlaCallModule`` op), inputs
-  and outputs renamed to the spec's names and checked with ``onnx.checker``.
+  float32 TFLite model (``tf2onnx`` cannot read the SavedModel's ``XlaCallModule`` op; three
+  of its conversions are completed or corrected here, see :func:`_onnx_rewriter`), inputs and
+  outputs renamed to the spec's names and checked with ``onnx.checker``.
+
+What is served is the model as trained, in float32 and inference mode, with three rewrites
+that keep its values and only change how TFLite and ONNX see it: flax ``avg_pool`` fields
+(``LeNet5``) become depthwise convolutions, a forecaster's scans are unrolled, and the
+exporter's preprocessing gathers with static slices.
 
 :func:`export` writes the chosen formats and ``export.json`` (inputs, outputs, metadata such as
 class names and the preprocessing, file sizes), then runs each written file on example inputs
