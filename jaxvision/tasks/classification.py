@@ -306,7 +306,8 @@ class ClassificationTask(Task):
     """``state`` with the parameters and BatchNorm statistics of the pretrained ImageNet
     weights (``workdir == 'imagenet'``) or of another classification workdir's best checkpoint,
     wherever names and shapes match (a new head, or layers of another size, keep their fresh
-    initialisation and are listed)."""
+    initialisation and are listed; fresh parameters matching ``config.head`` start at
+    zero)."""
     if workdir == "imagenet":
       variables, _ = models.pretrained_variables(self.config.model.name)
       source = f"imagenet ({self.config.model.name} ImageNet-1k weights)"
@@ -315,6 +316,18 @@ class ClassificationTask(Task):
       source = (f"{workdir} (step {meta['checkpoint_step']}, {meta['model']} on "
                 f"{meta['dataset']})")
     params, loaded, skipped = state_lib.load_matching(state.params, variables["params"])
+    if self.config.get("head"):
+      # A fresh head starts at zero (big_vision's head_zeroinit): uniform first predictions,
+      # and no large random-head gradients flowing into the pretrained features.
+      head = re.compile(self.config.head)
+
+      def zero_fresh_head(path, p):
+        name = optim.path_name(path)
+        if name in skipped and head.search(name):
+          return jax.device_put(jnp.zeros(p.shape, p.dtype), p.sharding)
+        return p
+
+      params = jax.tree_util.tree_map_with_path(zero_fresh_head, params)
     stats, _, skipped_stats = state_lib.load_matching(state.batch_stats,
                                                       variables.get("batch_stats", {}))
     print(f"init_from {source}: loaded {len(loaded)} of {len(loaded) + len(skipped)} parameter "
