@@ -9,7 +9,8 @@ Locations: level ``l`` (stride ``s = 2**l``, map ``H_l x W_l``) has one location
 (a head output ``[B, H_l, W_l, C]`` reshaped to ``[B, H_l * W_l, C]`` and concatenated over
 levels). A location regresses its distances ``(l, t, r, b)`` to the four sides of a box.
 
-Contract (``docs``: the detector contract): ``FCOS(...)(images, targets=None, *, train)``
+The detector contract (shared with ``FasterRCNN``): ``FCOS(...)(images, targets=None, *,
+train)``
 
 * ``images``: ``float32 [B, S, S, 3]`` (any ``H, W`` divisible by ``2**max_level``).
 * ``targets=None`` -> detections: ``boxes float32 [B, D, 4]`` xyxy canvas pixels clipped to the
