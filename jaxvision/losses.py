@@ -46,6 +46,30 @@ def softmax_cross_entropy(logits, labels, *, num_classes: int | None = None,
   return per_example.sum() / jnp.maximum(mask.sum(), 1.0), per_example
 
 
+def smooth_l1_loss(pred, target, *, beta: float = 1.0 / 9.0):
+  """Elementwise smooth-L1 (Huber-like) loss, torchvision's definition.
+
+  With ``x = |pred - target|``: ``0.5 * x**2 / beta`` where ``x < beta``, else
+  ``x - 0.5 * beta``. ``beta=0`` is the plain L1 loss ``x``. ``beta=1/9`` is Faster R-CNN's
+  choice for box deltas.
+
+  Args:
+    pred: float array, any shape.
+    target: float array broadcastable against ``pred``.
+    beta: non-negative Python float, the width of the quadratic region.
+
+  Returns:
+    float32 array of the broadcast shape (no reduction); finite gradients everywhere.
+  """
+  beta = float(beta)
+  if beta < 0:
+    raise ValueError(f"smooth_l1_loss needs beta >= 0; got beta={beta}.")
+  x = jnp.abs(jnp.asarray(pred, jnp.float32) - jnp.asarray(target, jnp.float32))
+  if beta == 0.0:
+    return x
+  return jnp.where(x < beta, 0.5 * jnp.square(x) / beta, x - 0.5 * beta)
+
+
 # --- GAN losses -----------------------------------------------------------------------
 DLossFn = Callable[[jax.Array, jax.Array], jax.Array]
 GLossFn = Callable[[jax.Array], jax.Array]
