@@ -380,3 +380,27 @@ def test_bad_inputs_raise_clear_errors():
   with pytest.raises(ValueError, match="size_ranges"):
     jax.eval_shape(lambda: MODEL.clone(size_ranges=((0, 1),)).init(
         jax.random.key(0), images, train=False))
+
+
+def test_create_detector_from_a_spec():
+  from jaxvision.models import detection
+  model = detection.create_detector(
+      "FCOS", num_classes=3, backbone={"name": "resnet_gn", "widths": (8, 16, 32, 32)},
+      fpn={"num_channels": 16, "groups": 4}, max_level=6, head_channels=16, dtype=jnp.float32)
+  assert isinstance(model.backbone, backbones.ResNetGN) and model.backbone.widths == (8, 16, 32, 32)
+  assert (model.fpn.num_channels, model.fpn.min_level, model.fpn.max_level) == (16, 3, 6)
+  assert model.max_level == 6 and model.num_classes == 3
+  images = jnp.zeros((1, 64, 64, 3))
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), images, train=False))
+  assert {f"scale_{l}" for l in range(3, 7)} <= set(variables["params"])
+  default = detection.create_detector("FCOS", num_classes=2)
+  assert isinstance(default.backbone, backbones.ResNetGN) and isinstance(default.fpn, fpn.FPN)
+  frcnn = detection.create_detector("FasterRCNN", num_classes=2, backbone={"name": "vgg16"},
+                                    fpn=None)
+  assert isinstance(frcnn.backbone, backbones.VGG16Backbone) and frcnn.fpn is None
+  with pytest.raises(ValueError, match="known detectors"):
+    detection.create_detector("YOLO", num_classes=2)
+  with pytest.raises(ValueError, match="float32"):
+    detection.create_detector("FCOS", num_classes=2, dtype=jnp.bfloat16)
+  with pytest.raises(ValueError, match="known backbones"):
+    detection.create_detector("FCOS", num_classes=2, backbone={"name": "resnet7"})
