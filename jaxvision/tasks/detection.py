@@ -270,14 +270,26 @@ class DetectionTask(Task):
                        f"found {self.best_metric!r}")
     _, self.info = det_data.load_detection_dataset(config.dataset, config.train_split)
     for split in (config.train_split, config.eval_split, config.test_split):
-      if split not in self.info.num_examples:
-        raise ValueError(f"split {split!r} is not in dataset {config.dataset!r}; it has "
-                         f"{sorted(self.info.num_examples)}")
-    if self.info.num_examples[config.train_split] < config.batch_size:
+      self._check_split(split)
+    if self._split_size(config.train_split) < config.batch_size:
       raise ValueError(f"config.batch_size={config.batch_size} is more than the "
-                       f"{self.info.num_examples[config.train_split]} images of split "
+                       f"{self._split_size(config.train_split)} images of split "
                        f"{config.train_split!r}")
     self._tx, self._schedule = optim.make_optimizer(config.optimizer, self.total_steps())
+
+  def _check_split(self, split: str) -> None:
+    """A split string (TFDS syntax: ``'train'``, ``'train[:80%]'``, ``'train+val'``) naming
+    only splits of the dataset."""
+    names = [part.split("[")[0].strip() for part in split.split("+")]
+    unknown = [n for n in names if n not in self.info.num_examples]
+    if unknown:
+      raise ValueError(f"split {unknown[0]!r} is not in dataset {self.config.dataset!r}; it "
+                       f"has {sorted(self.info.num_examples)}")
+
+  def _split_size(self, split: str) -> int:
+    if split in self.info.num_examples:
+      return self.info.num_examples[split]
+    return sum(1 for _ in self.load_split(split))
 
   def load_split(self, split: str) -> tf.data.Dataset:
     """One split of the dataset, images still encoded (``data.detection`` decodes them)."""
@@ -291,7 +303,7 @@ class DetectionTask(Task):
     return int(config.num_epochs * self._steps_per_epoch())
 
   def _steps_per_epoch(self) -> int:
-    return max(1, self.info.num_examples[self.config.train_split] // self.config.batch_size)
+    return max(1, self._split_size(self.config.train_split) // self.config.batch_size)
 
   def eval_every(self) -> int:
     every = int(self.config.get("eval_every_steps", -1))
@@ -416,9 +428,7 @@ class DetectionTask(Task):
     ``config.test_split``); writes and returns ``eval_<split>.json``'s content."""
     split = split or self.config.test_split
     restored = trainer.restore(self, workdir, checkpoint)
-    if split not in self.info.num_examples:
-      raise ValueError(f"split {split!r} is not in dataset {self.config.dataset!r}; it has "
-                       f"{sorted(self.info.num_examples)}")
+    self._check_split(split)
     ev = Evaluator(self, split, restored.mesh).run(restored.state)
     print(self.summary_line(ev))
     out = {"checkpoint_step": restored.step, "checkpoint": checkpoint, "eval": ev}
