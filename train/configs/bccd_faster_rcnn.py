@@ -5,7 +5,7 @@ has two anchor sizes per level sized for BCCD at 0.6x (platelets ~24 px, red cel
 white cells ~110 px) and three aspect ratios; 300 proposals per image (BCCD has at most 30
 objects); 128 RoIs per image at 25% foreground; multi-level RoIAlign 7x7 into a conv + FC
 box head with GroupNorm. Model selection on val, the best checkpoint evaluated on test.
-Figures: ``benchmarks/RESULTS.md``.
+Figures: ``docs/RESULTS.md``.
 
   python -m train.main --config=train/configs/bccd_faster_rcnn.py --workdir=runs/bccd_frcnn
 """

@@ -4,7 +4,7 @@ A small GroupNorm ResNet (``resnet_gn``) with a GroupNorm FPN over P3-P5 (stride
 platelets, red cells, white cells) and 96-channel shared towers; 384 px canvases (BCCD's
 640x480 images at 0.6x), left-right and up-down flips (cells have no orientation) and scale
 jitter. Model selection on val (VOC mAP50), the best checkpoint evaluated on test.
-Figures (time, mAP50 per class): ``benchmarks/RESULTS.md``.
+Figures (time, mAP50 per class): ``docs/RESULTS.md``.
 
   python -m train.main --config=train/configs/bccd_fcos.py --workdir=runs/bccd_fcos
 """
