@@ -178,6 +178,8 @@ class Evaluator:
     """The first ``count`` images of the split with detections scoring >= ``min_score``
     drawn (uint8 ``[count, H, W, 3]``; images of one split may differ in size, so they are
     padded to the largest)."""
+    if count < 1:
+      raise ValueError(f"count must be >= 1 images to draw; found {count}")
     by_id = {int(i): j for j, i in enumerate(found["image_ids"])}
     pictures = []
     for image_id, image in list(self._raw.items())[:count]:
@@ -405,7 +407,7 @@ class DetectionTask(Task):
   def write_outputs(self, run, state, results: dict):
     """``plots/<split>_detections.png``: the first test images with the final detections."""
     state, test = getattr(self, "_final", (state, None))
-    if test is None:
+    if test is None or int(self.config.get("num_draw", 4)) < 1:
       return
     found = test.detect(state)
     grid = test.draw(found, int(self.config.get("num_draw", 4)))

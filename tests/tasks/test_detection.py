@@ -228,3 +228,26 @@ def test_bad_folders_are_clear_errors_or_documented(tmp_path):
 
   with pytest.raises(ValueError, match="split 'validation'"):
     detection.DetectionTask(tiny_config(folder, eval_split="validation")).prepare()
+
+
+def test_coco_faster_rcnn_vgg16_config_runs_on_tiny_coco(tmp_path):
+  """The tutorials' architecture (VGG16 conv5_3, single-level RPN) on tiny-coco's COCO folder:
+  two steps at 64 px, evaluated on its 16 images with its 80 categories (a smoke test)."""
+  from tests.support import require_data
+  from train.configs import coco_faster_rcnn_vgg16
+  require_data("tiny-coco/small_coco")
+  c = coco_faster_rcnn_vgg16.get_config()
+  c.canvas_size = 64
+  c.num_train_steps = 2
+  c.eval_every_steps = 2
+  c.num_devices = 1
+  c.disable_progress_bar = True
+  c.num_draw = 0
+  c.model.rpn_pre_nms_top_k_train = c.model.rpn_pre_nms_top_k_test = 100
+  c.model.rpn_post_nms_top_k_train = c.model.rpn_post_nms_top_k_test = 32
+  c.model.box_batch_size_per_image = 16
+  c.model.box_fc_dim = 64
+  results = trainer.train(detection.DetectionTask(c), tmp_path / "run")
+  assert results["eval"]["num_images"] == 16
+  assert len(results["eval"]["per_class"]) == 80
+  assert results["steps"] == 2

@@ -37,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.optimizer.weight_decay = 5e-4
   c.batch_size = 8
   c.eval_batch_size = 8
-  c.num_epochs = 60  # 25 steps per epoch
+  c.num_epochs = 40  # 25 steps per epoch
   c.eval_every_steps = 125  # every 5 epochs
   c.log_every_steps = 25
   return c
