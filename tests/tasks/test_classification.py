@@ -353,3 +353,28 @@ def test_linear_probe_on_imagenet_weights(tmp_path, capsys):
   np.testing.assert_array_equal(state.batch_stats["stem_bn"]["mean"],
                                 pretrained["batch_stats"]["stem_bn"]["mean"])
   assert state.params["classifier"]["kernel"].shape == (1280, 2)
+
+
+def test_trainable_differentiates_only_the_matching_parameters():
+  """``make_train_step(trainable=...)``: the head's gradient equals the full gradient's head
+  part; every other parameter gets zero (its backward pass is not computed)."""
+  import optax
+  from jaxvision import models
+  from jaxvision.training import state as state_lib
+  model = models.create_model("SimpleCNN", num_classes=3)
+  state = state_lib.create_train_state(model, optax.sgd(1.0), input_shape=(16, 16, 1),
+                                       rng=jax.random.PRNGKey(0))
+  batch = {"image": jax.random.normal(jax.random.PRNGKey(1), (4, 16, 16, 1)),
+           "label": np.array([0, 1, 2, 1], np.int32)}
+  full, _ = classification.make_train_step()(state, batch)
+  head, metrics = classification.make_train_step(trainable="^Dense_1/")(state, batch)
+  # With SGD at rate 1 the update is minus the gradient.
+  for name in ("Dense_1",):
+    for leaf in ("kernel", "bias"):
+      np.testing.assert_allclose(head.params[name][leaf], full.params[name][leaf], rtol=1e-6)
+  for name in state.params:
+    if name != "Dense_1":
+      for leaf, before in state.params[name].items():
+        np.testing.assert_array_equal(head.params[name][leaf], before)
+        assert not np.allclose(full.params[name][leaf], before)
+  assert float(metrics["grad_norm"]) > 0
