@@ -235,7 +235,7 @@ def main(argv=None) -> Dict:
   parser.add_argument("--out", default=None, help="write the results as JSON to this file")
   args = parser.parse_args(argv)
   threads = set_threads(args.threads)  # Before JAX's backends exist.
-  cpu.configure_runtime()
+  runtime_defaults = cpu.configure_runtime()
   env = timing.environment()
   try:
     import torch  # pylint: disable=g-import-not-at-top
@@ -251,7 +251,8 @@ def main(argv=None) -> Dict:
   print_table(records)
   out = {"command": "python -m benchmarks.roi_align " +
                     " ".join(sys.argv[1:] if argv is None else argv),
-         "environment": env, "threads": threads, "records": records}
+         "environment": env, "threads": threads, "runtime_defaults": runtime_defaults,
+         "compiler_options": cpu.compiler_options(), "records": records}
   if args.out:
     path = pathlib.Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
