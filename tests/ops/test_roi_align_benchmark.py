@@ -1,4 +1,4 @@
-"""Smoke test of benchmarks/roi_align.py (tiny sizes; asserts structure and agreement, not speed)."""
+"""Smoke test of benchmarks/roi_align.py (tiny sizes: structure and agreement, not speed)."""
 
 import json
 
