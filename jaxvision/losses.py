@@ -46,6 +46,30 @@ def softmax_cross_entropy(logits, labels, *, num_classes: int | None = None,
   return per_example.sum() / jnp.maximum(mask.sum(), 1.0), per_example
 
 
+def smooth_l1_loss(pred, target, *, beta: float = 1.0 / 9.0):
+  """Elementwise smooth-L1 (Huber-like) loss, torchvision's definition.
+
+  With ``x = |pred - target|``: ``0.5 * x**2 / beta`` where ``x < beta``, else
+  ``x - 0.5 * beta``. ``beta=0`` is the plain L1 loss ``x``. ``beta=1/9`` is Faster R-CNN's
+  choice for box deltas.
+
+  Args:
+    pred: float array, any shape.
+    target: float array broadcastable against ``pred``.
+    beta: non-negative Python float, the width of the quadratic region.
+
+  Returns:
+    float32 array of the broadcast shape (no reduction); finite gradients everywhere.
+  """
+  beta = float(beta)
+  if beta < 0:
+    raise ValueError(f"smooth_l1_loss needs beta >= 0; got beta={beta}.")
+  x = jnp.abs(jnp.asarray(pred, jnp.float32) - jnp.asarray(target, jnp.float32))
+  if beta == 0.0:
+    return x
+  return jnp.where(x < beta, 0.5 * jnp.square(x) / beta, x - 0.5 * beta)
+
+
 # --- GAN losses -----------------------------------------------------------------------
 DLossFn = Callable[[jax.Array, jax.Array], jax.Array]
 GLossFn = Callable[[jax.Array], jax.Array]
@@ -136,3 +160,87 @@ def get_gan_losses(name: str) -> tuple[DLossFn, GLossFn]:
   if key not in GAN_LOSSES:
     raise ValueError(f"unknown GAN loss {name!r}; expected one of {sorted(GAN_LOSSES)}")
   return GAN_LOSSES[key]
+
+
+# --- Detection losses -------------------------------------------------------------------
+# Elementwise: callers choose the normalisation. The detectors divide sums by
+# max(1, number of positives over the batch), so images without boxes give finite losses.
+
+
+def sigmoid_focal_loss(logits, targets, *, alpha: float | None = 0.25,
+                       gamma: float = 2.0) -> jax.Array:
+  """Elementwise sigmoid focal loss (Lin et al. 2017), float32.
+
+  ``alpha_t * (1 - p_t) ** gamma * BCE(logits, targets)`` with ``p = sigmoid(logits)``,
+  ``p_t = p * t + (1 - p) * (1 - t)`` and ``alpha_t = alpha * t + (1 - alpha) * (1 - t)``
+  (no class weighting when ``alpha`` is None or negative). The cross-entropy is written with
+  ``softplus`` (``-log p = softplus(-x)``, ``-log(1 - p) = softplus(x)``), so logits of any
+  magnitude give finite values and gradients.
+
+  Args:
+    logits: any shape, float.
+    targets: the same shape, in [0, 1] (one-hot class indicators, 0 for background).
+    alpha: weight of the positive class, in [0, 1], or None.
+    gamma: focusing exponent >= 0 (0 gives the plain binary cross-entropy).
+
+  Returns:
+    float32 array of the shape of ``logits``; not reduced: sum it and divide by
+    ``max(1, num_positives)``.
+  """
+  x = jnp.asarray(logits).astype(jnp.float32)
+  t = jnp.asarray(targets).astype(jnp.float32)
+  if x.shape != t.shape:
+    raise ValueError(f"sigmoid_focal_loss needs logits and targets of the same shape; found "
+                     f"{x.shape} and {t.shape}")
+  ce = t * jax.nn.softplus(-x) + (1.0 - t) * jax.nn.softplus(x)
+  loss = ce
+  if gamma:
+    # 1 - p_t = t * (1 - p) + (1 - t) * p, with 1 - p = sigmoid(-x) (no cancellation).
+    one_minus_pt = t * jax.nn.sigmoid(-x) + (1.0 - t) * jax.nn.sigmoid(x)
+    loss = ce * one_minus_pt ** gamma
+  if alpha is not None and alpha >= 0:
+    loss = (alpha * t + (1.0 - alpha) * (1.0 - t)) * loss
+  return loss
+
+
+def _safe_div(num: jax.Array, den: jax.Array) -> jax.Array:
+  """num / den where den > 0, else 0; gradients free of NaN."""
+  ok = den > 0
+  return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
+
+
+def giou_loss(pred_boxes, target_boxes) -> jax.Array:
+  """Elementwise generalized-IoU loss ``1 - GIoU`` of matched box pairs, float32.
+
+  ``GIoU = IoU - (C - U) / C`` (Rezatofighi et al. 2019), ``U`` the union and ``C`` the area of
+  the smallest box enclosing both. Widths and heights below 0 count as 0; a zero union gives
+  IoU 0 and a zero enclosing area a penalty of 0, so degenerate (zero-area) boxes give finite
+  values and gradients. Any coordinate frame works (pixels, or distances relative to a point).
+
+  Args:
+    pred_boxes: ``[..., 4]`` xyxy boxes.
+    target_boxes: ``[..., 4]`` xyxy boxes (the same shape).
+
+  Returns:
+    ``[...]`` float32 in [0, 2]; not reduced (callers normalise, e.g. by ``max(1, num_pos)``
+    or by a sum of weights).
+  """
+  p = jnp.asarray(pred_boxes).astype(jnp.float32)
+  g = jnp.asarray(target_boxes).astype(jnp.float32)
+  if p.shape != g.shape or p.shape[-1:] != (4,):
+    raise ValueError(f"giou_loss needs pred_boxes and target_boxes of the same shape [..., 4]; "
+                     f"found {p.shape} and {g.shape}")
+
+  def area(b):
+    return jnp.maximum(b[..., 2] - b[..., 0], 0.0) * jnp.maximum(b[..., 3] - b[..., 1], 0.0)
+
+  lt = jnp.maximum(p[..., :2], g[..., :2])
+  rb = jnp.minimum(p[..., 2:], g[..., 2:])
+  wh = jnp.maximum(rb - lt, 0.0)
+  inter = wh[..., 0] * wh[..., 1]
+  union = area(p) + area(g) - inter
+  enc_wh = jnp.maximum(jnp.maximum(p[..., 2:], g[..., 2:]) - jnp.minimum(p[..., :2], g[..., :2]),
+                       0.0)
+  enclosing = enc_wh[..., 0] * enc_wh[..., 1]
+  giou = _safe_div(inter, union) - _safe_div(enclosing - union, enclosing)
+  return 1.0 - giou

@@ -9,7 +9,8 @@ Preprocessing (``preprocess_train`` / ``preprocess_eval``) maps an image to a sq
 ``canvas_size`` canvas: the image is resized keeping its aspect ratio so its longer side fills
 the canvas (times a random scale factor in training), cropped at a random offset when larger
 than the canvas, and zero-padded at the bottom/right. Training also flips left-right at
-random. Boxes get the same transforms, are clipped to the image region of the canvas, and
+random (and up-down, with ``vflip_prob``: cells, aerial and microscope images have no
+orientation). Boxes get the same transforms, are clipped to the image region of the canvas, and
 boxes that end up empty (or thinner than ``min_box_size``) are dropped. The remaining boxes are
 padded to ``max_boxes`` with a validity mask; an image with more boxes keeps the first
 ``max_boxes`` and emits a ``DetectionDataWarning``. Randomness is stateless: a train element's
@@ -25,7 +26,7 @@ Per-example outputs (``make_detection_pipeline`` batches them, adding a leading 
   original_size  int32 [2], ``(height, width)`` of the source image
   scale          float32 [2], ``(scale_y, scale_x)``: canvas = original * scale - offset
   offset         int32 [2], ``(y, x)`` crop offset in resized pixels (0 in eval)
-  flipped        bool [], whether the image was flipped (False in eval)
+  flipped        bool [], whether the image was flipped left-right (False in eval)
   example_mask   bool [], False for padding examples of a final partial eval batch
 
 ``to_original_boxes`` maps eval-canvas boxes (predictions) back to original image pixels.
@@ -50,7 +51,7 @@ from jaxvision.data.builders.voc import DetectionDataWarning
 __all__ = [
     "DetectionDataWarning", "DetectionInfo", "detection_builder", "detect_format",
     "load_detection_dataset", "from_tfds", "flip_left_right", "resize_crop_pad",
-    "pad_boxes", "preprocess_train", "preprocess_eval", "make_detection_pipeline",
+    "flip_up_down", "pad_boxes", "preprocess_train", "preprocess_eval", "make_detection_pipeline",
     "to_original_boxes",
 ]
 
@@ -220,6 +221,13 @@ def flip_left_right(image: tf.Tensor, boxes: tf.Tensor) -> tuple[tf.Tensor, tf.T
   return tf.reverse(image, axis=[1]), tf.stack([width - x2, y1, width - x1, y2], axis=-1)
 
 
+def flip_up_down(image: tf.Tensor, boxes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """Mirrors image [H, W, C] and its xyxy pixel boxes [N, 4] vertically: ``y -> H - y``."""
+  height = tf.cast(tf.shape(image)[0], boxes.dtype)
+  x1, y1, x2, y2 = tf.unstack(boxes, num=4, axis=-1)
+  return tf.reverse(image, axis=[0]), tf.stack([x1, height - y2, x2, height - y1], axis=-1)
+
+
 def resize_crop_pad(image: tf.Tensor, boxes: tf.Tensor, *, canvas_size: int,
                     scale=1.0, crop_fraction=(0.0, 0.0)) -> dict[str, tf.Tensor]:
   """Resizes image and boxes by ``scale`` times the fit-to-canvas factor, crops, pads.
@@ -319,12 +327,15 @@ def preprocess_train(features: Mapping, seed, *, canvas_size: int = DEFAULT_CANV
                      max_boxes: int = DEFAULT_MAX_BOXES,
                      scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE,
                      flip_prob: float = 0.5, min_box_size: float = DEFAULT_MIN_BOX_SIZE,
-                     value_range: tuple[float, float] = (0.0, 1.0)) -> dict[str, tf.Tensor]:
-  """Random flip, random scale in ``scale_range``, random crop, pad: see the module docstring.
+                     value_range: tuple[float, float] = (0.0, 1.0),
+                     vflip_prob: float = 0.0) -> dict[str, tf.Tensor]:
+  """Random flips, random scale in ``scale_range``, random crop, pad: see the module docstring.
 
   Args:
     features: ``from_tfds`` output.
-    seed: int [2] stateless seed; three independent seeds (flip, scale, crop) are split off.
+    seed: int [2] stateless seed; independent seeds (flip, scale, crop, vertical flip) are
+      split off (the first three as before vertical flips existed, so ``vflip_prob=0`` draws
+      what it always drew).
   """
   flip_seed, scale_seed, crop_seed = tf.unstack(
       tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=3))
@@ -332,6 +343,10 @@ def preprocess_train(features: Mapping, seed, *, canvas_size: int = DEFAULT_CANV
   image = _to_value_range(features["image"], value_range)
   image, boxes = tf.cond(flipped, lambda: flip_left_right(image, features["boxes"]),
                          lambda: (image, features["boxes"]))
+  if vflip_prob > 0:
+    vflip_seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), 3)
+    vflipped = tf.random.stateless_uniform([], vflip_seed) < vflip_prob
+    image, boxes = tf.cond(vflipped, lambda: flip_up_down(image, boxes), lambda: (image, boxes))
   scale = tf.random.stateless_uniform([], scale_seed, minval=scale_range[0],
                                       maxval=scale_range[1])
   crop_fraction = tf.random.stateless_uniform([2], crop_seed)
@@ -367,19 +382,24 @@ def make_detection_pipeline(
     shuffle_buffer: int = 256, num_epochs: int | None = None,
     scale_range: tuple[float, float] = DEFAULT_SCALE_RANGE, flip_prob: float = 0.5,
     min_box_size: float = DEFAULT_MIN_BOX_SIZE, value_range: tuple[float, float] = (0.0, 1.0),
-    skip_crowd: bool = True) -> tf.data.Dataset:
+    skip_crowd: bool = True, vflip_prob: float = 0.0, start_step: int = 0) -> tf.data.Dataset:
   """Batches of static shape from a dataset of TFDS detection elements.
 
   Args:
     ds: elements as returned by ``load_detection_dataset`` / ``tfds.load`` (voc, coco).
     canvas_size, max_boxes, batch_size: S, max_boxes, B of the output shapes.
-    train: True: shuffle (``shuffle_buffer`` decoded images; seeded), repeat ``num_epochs``
+    train: True: shuffle (``shuffle_buffer`` elements of ``ds``; seeded), repeat ``num_epochs``
       times (None: forever), augment, drop the last partial batch. False: one pass in order,
       no augmentation; the last batch is padded to B with ``example_mask`` False.
     seed: seeds the shuffle and the per-element augmentation (``[seed, element index]``).
-    scale_range, flip_prob, min_box_size: training augmentation (see ``preprocess_train``).
+    scale_range, flip_prob, vflip_prob, min_box_size: training augmentation (see
+      ``preprocess_train``).
     value_range: image values map [0, 255] -> ``value_range``.
     skip_crowd: drop COCO crowd boxes.
+    start_step: training only: the first batch is the batch ``start_step`` of the endless
+      sequence (what a run resumed after ``start_step`` steps sees next). Elements before it
+      are skipped before decoding, cheaply when ``ds`` holds encoded images
+      (``load_detection_dataset(..., decode_images=False)``).
 
   Returns:
     A dataset of dicts described in the module docstring, with a leading batch dim B.
@@ -389,21 +409,27 @@ def make_detection_pipeline(
                      f"{max_boxes}, {batch_size}")
   if not 0.0 < scale_range[0] <= scale_range[1]:
     raise ValueError(f"scale_range must be (lo, hi) with 0 < lo <= hi, got {scale_range}")
-  if not 0.0 <= flip_prob <= 1.0:
-    raise ValueError(f"flip_prob must be in [0, 1], got {flip_prob}")
+  for name, p in (("flip_prob", flip_prob), ("vflip_prob", vflip_prob)):
+    if not 0.0 <= p <= 1.0:
+      raise ValueError(f"{name} must be in [0, 1], got {p}")
+  if start_step < 0:
+    raise ValueError(f"start_step must be >= 0, got {start_step}")
   autotune = tf.data.AUTOTUNE
-  ds = ds.map(functools.partial(from_tfds, skip_crowd=skip_crowd), num_parallel_calls=autotune)
+  decode = functools.partial(from_tfds, skip_crowd=skip_crowd)
   if train:
     if shuffle_buffer > 1:
       ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.repeat(num_epochs).enumerate()
+    ds = ds.repeat(num_epochs).enumerate().skip(start_step * batch_size)
     augment = functools.partial(
         preprocess_train, canvas_size=canvas_size, max_boxes=max_boxes, scale_range=scale_range,
-        flip_prob=flip_prob, min_box_size=min_box_size, value_range=value_range)
+        flip_prob=flip_prob, min_box_size=min_box_size, value_range=value_range,
+        vflip_prob=vflip_prob)
     base_seed = tf.constant(seed, tf.int64)
-    ds = ds.map(lambda i, ex: augment(ex, tf.stack([base_seed, i])), num_parallel_calls=autotune)
+    ds = ds.map(lambda i, ex: augment(decode(ex), tf.stack([base_seed, i])),
+                num_parallel_calls=autotune)
     ds = ds.batch(batch_size, drop_remainder=True)
   else:
+    ds = ds.map(decode, num_parallel_calls=autotune)
     ds = ds.map(functools.partial(preprocess_eval, canvas_size=canvas_size, max_boxes=max_boxes,
                                   value_range=value_range), num_parallel_calls=autotune)
     ds = ds.batch(batch_size).map(functools.partial(_pad_batch, batch_size=batch_size))

@@ -211,10 +211,11 @@ def clip_boxes(boxes: Array, image_size: ImageSize) -> Array:
 def small_box_mask(boxes: Array, min_size: float) -> Array:
   """Marks small boxes: ``[..., 4]`` xyxy -> ``[...]`` bool.
 
-  True where the width or the height is below ``min_size`` (pixels). Boxes to keep, as in
-  torchvision's ``remove_small_boxes``, are ``~small_box_mask(boxes, min_size)``.
+  True unless both the width and the height are at least ``min_size`` (pixels), so a box with
+  a NaN coordinate is small. Boxes to keep, as in torchvision's ``remove_small_boxes``
+  (``(w >= min_size) & (h >= min_size)``), are ``~small_box_mask(boxes, min_size)``.
   """
   boxes = _check_boxes(boxes)
   w = boxes[..., 2] - boxes[..., 0]
   h = boxes[..., 3] - boxes[..., 1]
-  return (w < min_size) | (h < min_size)
+  return ~((w >= min_size) & (h >= min_size))

@@ -15,14 +15,25 @@ Conventions follow torchvision's ``roi_align`` / Detectron2's ``ROIAlign``:
 Shapes: features ``[B, H, W, C]``; boxes ``[K, 4]`` plus ``box_batch_index [K]`` (the image each
 box belongs to), giving ``[K, out_h, out_w, C]``; or boxes ``[B, K, 4]`` with
 ``box_batch_index=None``, giving ``[B, K, out_h, out_w, C]``. The result is differentiable with
-respect to the features (the vjp is a scatter-add); gradients also flow into the boxes through
-the interpolation weights (torchvision gives none).
+respect to the features (forward and reverse mode) and, through the interpolation weights, the
+boxes (torchvision gives none).
 
-Implementation: sample positions separate into a y part ``[K, out_h, S]`` and an x part
-``[K, out_w, S]``; the four bilinear corners are gathered from the features flattened to
-``[B, H*W, C]`` and reduced. The multi-level version concatenates all levels into one flat
-array and gathers each box from its own level with a per-box offset, so it costs no more than a
-single-level call (no per-level ``K x L`` work, no dynamic shapes).
+Sample positions are computed with torchvision's float32 operations in its order, with
+correctly rounded divisions (:func:`div_exact`) even under ``jit``, where XLA would otherwise
+multiply by a rounded reciprocal: a sample that torchvision puts exactly on ``x == W`` or an
+adaptive count of ``ceil(21 / 7) = 3`` come out the same here.
+
+Implementation (see ``benchmarks/roi_align.py`` for the figures against torchvision): sample
+positions separate into y taps ``[K, out_h, 2 S]`` (the low and high rows of the ``S`` samples
+of each bin, weights including the bin's ``1 / S``) and x taps ``[K, out_w, 2 S]``. The forward
+pass sums ``(2 S)**2`` gathers of ``C``-vectors from the features flattened to ``[B*H*W, C]``,
+all in one fused loop over the output (no gathered intermediate). The gradient is a custom
+JVP whose tangent runs over chunks of a few RoIs: its transpose, the backward pass, is one
+scatter-add per chunk into the carried feature gradient, which stays in cache and needs memory
+for one chunk only (autodiff of the forward would scatter all taps at once, from
+``(2 S)**2`` output-sized update arrays). The multi-level version concatenates all levels into
+one flat array and gathers each box from its own level with a per-box offset, so it costs no
+more than a single-level call (no per-level ``K x L`` work, no dynamic shapes).
 """
 
 import functools
@@ -31,9 +42,19 @@ from typing import Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
+from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 Array = jnp.ndarray
 Size2 = Union[int, Tuple[int, int]]
+
+# Gathered bytes per chunk of RoIs in the tangent / backward pass (see _tangent). On CPU, small
+# enough that a chunk's scatter-add works in cache (1-4 MiB measured best, benchmarks/RESULTS.md);
+# on accelerators, large enough that the loop has few iterations.
+TANGENT_CHUNK_BYTES = 2 << 20
+ACCELERATOR_CHUNK_BYTES = 64 << 20
+# Taps per output bin summed in one unrolled, fused forward; above it, a loop over y taps.
+MAX_UNROLLED_TAPS = 64
 
 
 def _pair(size: Size2, name: str) -> Tuple[int, int]:
@@ -45,40 +66,214 @@ def _pair(size: Size2, name: str) -> Tuple[int, int]:
   return size
 
 
-def _axis_samples(start: Array, length: Array, bins: int, grid: int, n_active: Array,
-                  size: Array) -> Tuple[Array, Array, Array, Array]:
-  """Bilinear taps along one axis.
+def _remainder(a: Array, q: Array, n: Array) -> Array:
+  """``a - q * n`` exactly (float32), for ``q`` within a few ulps of ``a / n``, integer n < 2**12.
+
+  ``q`` is split into ``hi`` (its top 12 significant bits) and ``lo = q - hi`` (exact, at most
+  12 bits), so ``hi * n`` and ``lo * n`` are exact; ``a - hi * n`` is exact by Sterbenz's lemma
+  (the two are within a factor 2), and the final difference is a small multiple of ``q``'s ulp.
+  """
+  bits = lax.bitcast_convert_type(q, jnp.int32)
+  hi = lax.bitcast_convert_type(bits & jnp.int32(-4096), jnp.float32)  # low 12 bits cleared
+  lo = q - hi
+  return (a - hi * n) - lo * n
+
+
+def div_exact(a: Array, n) -> Array:
+  """Correctly rounded float32 ``a / n`` for integer-valued ``n`` in ``[1, 4096)``.
+
+  Under ``jit`` XLA turns a division by a constant into a multiplication by its rounded
+  reciprocal (``21 * (1/7)`` is not 3 in float32, ``42 * (1/7)`` is 6.0000005), which moves
+  samples off exact positions and ``ceil`` up by one. Whatever the division returns, two steps
+  to a neighbouring float that leaves a smaller exact remainder give the correctly rounded
+  quotient (the one torchvision's C++ computes), jitted or not. Other dtypes divide plainly.
+  Differentiable as ``a / n``.
 
   Args:
-    start: ``[K]`` roi start (feature coordinates, after the aligned offset).
+    a: float array.
+    n: Python int or array broadcastable to ``a`` holding integers in ``[1, 4096)``.
+
+  Returns:
+    ``a / n`` rounded to nearest, the broadcast shape, ``a``'s dtype.
+  """
+  a = jnp.asarray(a)
+  if a.dtype != jnp.float32:
+    return a / n
+  return _div_exact_f32(a, jnp.asarray(n, jnp.float32))
+
+
+@jax.custom_jvp
+def _div_exact_f32(a: Array, n: Array) -> Array:
+  q = a / n
+  for _ in range(2):  # a reciprocal product is within 2 ulps of the quotient
+    r = jnp.abs(_remainder(a, q, n))
+    for side in (jnp.inf, -jnp.inf):
+      step = jnp.nextafter(q, jnp.asarray(side, a.dtype))
+      r_step = jnp.abs(_remainder(a, step, n))
+      better = r_step < r
+      q, r = jnp.where(better, step, q), jnp.where(better, r_step, r)
+  return q
+
+
+@_div_exact_f32.defjvp
+def _div_exact_f32_jvp(primals, tangents):
+  (a, n), (a_dot, n_dot) = primals, tangents
+  q = _div_exact_f32(a, n)
+  return q, (a_dot - q * n_dot) / n
+
+
+def _axis_taps(start: Array, length: Array, bins: int, grid: int, n_active: Array,
+               size: Array) -> Tuple[Array, Array]:
+  """Bilinear taps along one axis, torchvision's sample positions and edge rule.
+
+  Args:
+    start: ``[K]`` roi start (feature coordinates, after the aligned offset), float32.
     length: ``[K]`` roi length.
     bins: number of output bins along the axis.
     grid: static number of sample slots per bin.
-    n_active: ``[K]`` samples actually used per bin (``<= grid``).
-    size: ``[K]`` feature-map length along this axis (float).
+    n_active: ``[K]`` int32 samples actually used per bin (``<= grid``; 0 for none).
+    size: ``[K]`` int32 feature-map length along this axis.
 
   Returns:
-    ``(low, high, w_low, w_high)``, each ``[K, bins, grid]``: integer corner indices and weights;
-    weights are 0 for samples out of range and for inactive sample slots.
+    ``(index, weight)``, each ``[K, bins, 2 * grid]``: int32 positions in ``[0, size)`` (the
+    low corners of the samples, then the high corners) and weights that include the ``1 / n``
+    of the bin's average; 0 for samples outside ``[-1, size]`` and for inactive slots.
   """
-  bin_size = length / bins  # [K]
-  p = jnp.arange(bins, dtype=start.dtype)[None, :, None]  # [1, bins, 1]
-  i = jnp.arange(grid, dtype=start.dtype)[None, None, :]  # [1, 1, grid]
-  n = jnp.maximum(n_active, 1).astype(start.dtype)[:, None, None]  # [K, 1, 1]
-  pos = (start[:, None, None] + p * bin_size[:, None, None] +
-         (i + 0.5) * bin_size[:, None, None] / n)  # [K, bins, grid]
-  size = size[:, None, None]
-  inside = (pos >= -1.0) & (pos <= size) & (i < n_active[:, None, None])
+  dtype = start.dtype
+  n = jnp.maximum(n_active, 1)[:, None, None]  # [K, 1, 1]
+  bin_size = div_exact(length, bins)[:, None, None]  # [K, 1, 1]
+  p = jnp.arange(bins, dtype=dtype)[None, :, None]  # [1, bins, 1]
+  i = jnp.arange(grid, dtype=dtype)[None, None, :]  # [1, 1, grid]
+  # torchvision: start + p * bin + (i + .5) * bin / n, each operation rounded as in C++.
+  pos = start[:, None, None] + p * bin_size + div_exact((i + 0.5) * bin_size, n)
+  fsize = size.astype(dtype)[:, None, None]
+  inside = (pos >= -1.0) & (pos <= fsize) & (i < n_active[:, None, None])
   pos = jnp.maximum(pos, 0.0)
   low = jnp.floor(pos)
-  at_end = low >= size - 1
-  low = jnp.where(at_end, size - 1, low)
-  high = jnp.where(at_end, low, low + 1)
-  pos = jnp.where(at_end, low, pos)
-  frac = pos - low
-  w_high = jnp.where(inside, frac, 0.0)
-  w_low = jnp.where(inside, 1.0 - frac, 0.0)
-  return low.astype(jnp.int32), high.astype(jnp.int32), w_low, w_high
+  at_end = low >= fsize - 1  # at or past the last row/column: sample it exactly
+  low = jnp.where(at_end, fsize - 1, low)
+  frac = jnp.where(at_end, 0.0, pos - low)
+  scale = 1.0 / n.astype(dtype)
+  w_low = jnp.where(inside, 1.0 - frac, 0.0) * scale
+  w_high = jnp.where(inside, frac, 0.0) * scale
+  last = size[:, None, None] - 1
+  # The clip only matters for NaN/inf positions (weight 0): keeps every read in bounds.
+  low_i = jnp.clip(low.astype(jnp.int32), 0, last)
+  high_i = jnp.clip(jnp.where(at_end, low_i, low_i + 1), 0, last)
+  return (jnp.concatenate([low_i, high_i], axis=-1),
+          jnp.concatenate([w_low, w_high], axis=-1))
+
+
+def _gather(flat: Array, index: Array, dtype) -> Array:
+  """``flat[index]`` rows (``[..., C]``); every index is in bounds by construction."""
+  return flat.at[index].get(mode="promise_in_bounds").astype(dtype)
+
+
+def _forward(flat: Array, row: Array, wy: Array, col: Array, wx: Array, dtype) -> Array:
+  """Sum over taps of ``wy * wx * flat[row + col]``: ``[K, oh, ow, C]``.
+
+  All ``Ty * Tx`` gathers sit in one fused loop over the output (no gathered intermediate);
+  above ``MAX_UNROLLED_TAPS`` taps, a loop over the ``Ty`` y taps with the x taps unrolled.
+  """
+  ty_count, tx_count = row.shape[-1], col.shape[-1]
+
+  def y_tap(acc, ry, wyt):  # ry, wyt: [K, oh]
+    for tx in range(tx_count):
+      index = ry[:, :, None] + col[:, None, :, tx]  # [K, oh, ow]
+      w = (wyt[:, :, None] * wx[:, None, :, tx])[..., None]  # [K, oh, ow, 1]
+      term = w * _gather(flat, index, dtype)
+      acc = term if acc is None else acc + term
+    return acc
+
+  if ty_count * tx_count <= MAX_UNROLLED_TAPS:
+    acc = None
+    for ty in range(ty_count):
+      acc = y_tap(acc, row[..., ty], wy[..., ty])
+    return acc
+  first = y_tap(None, row[..., 0], wy[..., 0])
+  rest = (jnp.moveaxis(row[..., 1:], -1, 0), jnp.moveaxis(wy[..., 1:], -1, 0))
+  acc, _ = lax.scan(lambda acc, xs: (y_tap(acc, *xs), None), first, rest)
+  return acc
+
+
+def _chunk_size(k: int, row: Array, col: Array, channels: int, dtype) -> int:
+  """RoIs per chunk of :func:`_tangent`: within the byte budget, a divisor of ``k`` if one is
+  at least half the budget's count (no padded copy of the cotangent), else the budget's count."""
+  per_roi = (row.shape[1] * col.shape[1] * row.shape[2] * col.shape[2] * channels *
+             jnp.dtype(dtype).itemsize)
+  budget = TANGENT_CHUNK_BYTES if jax.default_backend() == "cpu" else ACCELERATOR_CHUNK_BYTES
+  chunk = max(1, min(k, budget // max(per_roi, 1)))
+  divisor = next(d for d in range(chunk, 0, -1) if k % d == 0) if k else chunk
+  return divisor if 2 * divisor >= chunk else chunk
+
+
+def _tangent(flat: Array, dflat: Optional[Array], row: Array, wy: Array, dwy: Optional[Array],
+             col: Array, wx: Array, dwx: Optional[Array], dtype) -> Array:
+  """Tangent of :func:`_forward`, linear in ``(dflat, dwy, dwx)`` (None: zero), ``[K, oh, ow, C]``.
+
+  A loop over chunks of RoIs; each gathers its ``[c, oh, ow, Ty, Tx, C]`` taps once and
+  reduces them. Its transpose (the backward pass) is then one scatter-add per chunk into the
+  features' gradient carried through the loop: each scatter's rows are the taps of a few
+  neighbouring RoIs, so it works in cache, and memory stays at one chunk (``jax.checkpoint``
+  recomputes the primal gather the box gradient needs instead of storing it).
+  """
+  k, oh, ow = row.shape[0], row.shape[1], col.shape[1]
+  chunk = _chunk_size(k, row, col, flat.shape[-1], dtype)
+  n_chunks = -(-k // chunk)
+  pad = n_chunks * chunk - k
+
+  def split(a):
+    if a is None:
+      return None
+    a = jnp.pad(a, [(0, pad)] + [(0, 0)] * (a.ndim - 1))
+    return a.reshape((n_chunks, chunk) + a.shape[1:])
+
+  def body(_, xs):
+    ry, wyc, dwyc, cx, wxc, dwxc = xs
+    index = ry[:, :, None, :, None] + cx[:, None, :, None, :]  # [c, oh, ow, Ty, Tx]
+    out = None
+
+    def add(out, w, source):
+      term = (w[..., None] * _gather(source, index, dtype)).sum(axis=(3, 4))
+      return term if out is None else out + term
+
+    if dflat is not None:
+      out = add(out, wyc[:, :, None, :, None] * wxc[:, None, :, None, :], dflat)
+    dw = None
+    if dwyc is not None:
+      dw = dwyc[:, :, None, :, None] * wxc[:, None, :, None, :]
+    if dwxc is not None:
+      term = wyc[:, :, None, :, None] * dwxc[:, None, :, None, :]
+      dw = term if dw is None else dw + term
+    if dw is not None:
+      out = add(out, dw, flat)
+    return None, out
+
+  xs = tuple(split(a) for a in (row, wy, dwy, col, wx, dwx))
+  _, out = lax.scan(jax.checkpoint(body, prevent_cse=False), None, xs)
+  return out.reshape((n_chunks * chunk, oh, ow, out.shape[-1]))[:k]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(5,))
+def _sample(flat: Array, row: Array, wy: Array, col: Array, wx: Array, dtype) -> Array:
+  """Bilinear RoI sampling ``[K, oh, ow, C]`` from ``flat [N, C]`` (see :func:`_forward`).
+
+  ``row [K, oh, Ty]`` holds flat row offsets (batch and level base plus ``y * width``),
+  ``col [K, ow, Tx]`` x positions, ``wy``/``wx`` the matching weights.
+  """
+  return _forward(flat, row, wy, col, wx, dtype)
+
+
+def _sample_jvp(dtype, primals, tangents):
+  flat, row, wy, col, wx = primals
+  dflat, _, dwy, _, dwx = (None if isinstance(t, SymbolicZero) else t for t in tangents)
+  out = _forward(flat, row, wy, col, wx, dtype)
+  if dflat is None and dwy is None and dwx is None:
+    return out, jnp.zeros_like(out)
+  return out, _tangent(flat, dflat, row, wy, dwy, col, wx, dwx, dtype)
+
+
+_sample.defjvp(_sample_jvp, symbolic_zeros=True)
 
 
 def _roi_align_flat(flat: Array, boxes: Array, batch_index: Array, heights: Array,
@@ -90,7 +285,7 @@ def _roi_align_flat(flat: Array, boxes: Array, batch_index: Array, heights: Arra
   Args:
     flat: ``[B, S, C]`` features, each box reading rows ``offsets + y * widths + x``.
     boxes: ``[K, 4]`` xyxy boxes in image pixels.
-    batch_index: ``[K]`` int image index per box.
+    batch_index: ``[K]`` int image index per box (clamped to ``[0, B)``).
     heights, widths, offsets: ``[K]`` int32 feature-map geometry of each box's level.
     scales: ``[K]`` float spatial scale of each box's level.
     output_size: ``(out_h, out_w)``.
@@ -102,6 +297,7 @@ def _roi_align_flat(flat: Array, boxes: Array, batch_index: Array, heights: Arra
     ``[K, out_h, out_w, C]``.
   """
   out_h, out_w = output_size
+  b, s, c = flat.shape
   dtype = jnp.promote_types(boxes.dtype, jnp.float32)
   boxes = boxes.astype(dtype)
   offset = 0.5 if aligned else 0.0
@@ -116,31 +312,15 @@ def _roi_align_flat(flat: Array, boxes: Array, batch_index: Array, heights: Arra
     n_w = n_h
   else:
     grid_h = grid_w = max_sampling_ratio
-    # torchvision: ceil(roi / bins) samples (0 for inverted boxes), here capped at the bound.
-    n_h = jnp.clip(jnp.ceil(roi_h / out_h), 0, max_sampling_ratio).astype(jnp.int32)
-    n_w = jnp.clip(jnp.ceil(roi_w / out_w), 0, max_sampling_ratio).astype(jnp.int32)
-  fh, fw = heights.astype(dtype), widths.astype(dtype)
-  y_lo, y_hi, wy_lo, wy_hi = _axis_samples(y1, roi_h, out_h, grid_h, n_h, fh)  # [K, oh, Sy]
-  x_lo, x_hi, wx_lo, wx_hi = _axis_samples(x1, roi_w, out_w, grid_w, n_w, fw)  # [K, ow, Sx]
-
-  # Broadcast to [K, oh, Sy, ow, Sx].
-  def rows(a):
-    return a[:, :, :, None, None]
-
-  def cols(a):
-    return a[:, None, None, :, :]
-
-  base = offsets[:, None, None, None, None]
-  row_stride = widths[:, None, None, None, None]
-  b = batch_index[:, None, None, None, None]
-  total = 0.0
-  for yi, wy in ((y_lo, wy_lo), (y_hi, wy_hi)):
-    for xi, wx in ((x_lo, wx_lo), (x_hi, wx_hi)):
-      idx = base + rows(yi) * row_stride + cols(xi)  # [K, oh, Sy, ow, Sx]
-      w = (rows(wy) * cols(wx))[..., None]  # [K, oh, Sy, ow, Sx, 1]
-      total = total + w * flat[b, idx].astype(dtype)  # [K, oh, Sy, ow, Sx, C]
-  count = jnp.maximum(n_h * n_w, 1).astype(dtype)[:, None, None, None]  # [K, 1, 1, 1]
-  out = total.sum(axis=(2, 4)) / count  # [K, oh, ow, C]
+    # torchvision: ceil(roi / bins) samples of the float quotient (0 for inverted boxes), here
+    # capped at the bound. The quotient is correctly rounded, so 21 / 7 gives 3, not 4.
+    n_h = jnp.clip(jnp.ceil(div_exact(roi_h, out_h)), 0, max_sampling_ratio).astype(jnp.int32)
+    n_w = jnp.clip(jnp.ceil(div_exact(roi_w, out_w)), 0, max_sampling_ratio).astype(jnp.int32)
+  y, wy = _axis_taps(y1, roi_h, out_h, grid_h, n_h, heights)  # [K, oh, 2 * grid_h]
+  x, wx = _axis_taps(x1, roi_w, out_w, grid_w, n_w, widths)  # [K, ow, 2 * grid_w]
+  base = jnp.clip(batch_index, 0, b - 1) * s + offsets  # [K]
+  row = base[:, None, None] + y * widths[:, None, None]  # [K, oh, 2 * grid_h]
+  out = _sample(flat.reshape(b * s, c), row, wy, x, wx, dtype)
   return out.astype(flat.dtype)
 
 

@@ -19,6 +19,7 @@ TASKS = {
     "classification": "jaxvision.tasks.classification:ClassificationTask",
     "sequence_prediction": "jaxvision.tasks.sequence_prediction:SequencePredictionTask",
     "gan": "jaxvision.tasks.gan:GANTask",
+    "detection": "jaxvision.tasks.detection:DetectionTask",
 }
 _registered: dict[str, type[Task]] = {}
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -44,20 +45,28 @@ def _variables(state, params=None):
   return variables
 
 
-def make_train_step(*, label_smoothing: float = 0.0, frozen_statistics: bool = False):
+def make_train_step(*, label_smoothing: float = 0.0, frozen_statistics: bool = False,
+                    trainable: str | None = None):
   """Returns ``train_step(state, batch) -> (state, metrics)``.
 
   Dropout draws from ``fold_in(state.rng, state.step)``. Metrics (scalars, batch means):
   ``loss`` (the optimized, label-smoothed cross-entropy), ``accuracy``, ``grad_norm``.
   ``frozen_statistics``: the model runs in inference mode (BatchNorm normalises with its
   running averages and leaves them unchanged, no dropout), as a linear probe on a frozen
-  pretrained backbone should.
+  pretrained backbone should. ``trainable``: a regular expression; only parameters whose path
+  it finds are differentiated (the others get zero gradients and no backward pass is
+  computed for them: a linear probe costs a forward pass and the head's gradient).
   """
+  pattern = None if trainable is None else re.compile(trainable)
 
   def train_step(state, batch):
     step_rng = jax.random.fold_in(state.rng, state.step)
 
     def loss_fn(params):
+      if pattern is not None:
+        params = jax.tree_util.tree_map_with_path(
+            lambda path, p: (p if pattern.search(optim.path_name(path))
+                             else jax.lax.stop_gradient(p)), params)
       (logits, _), updates = state.apply_fn(
           _variables(state, params), batch["image"], train=not frozen_statistics,
           rngs={"dropout": step_rng}, mutable=["batch_stats"])
@@ -298,7 +307,8 @@ class ClassificationTask(Task):
     """``state`` with the parameters and BatchNorm statistics of the pretrained ImageNet
     weights (``workdir == 'imagenet'``) or of another classification workdir's best checkpoint,
     wherever names and shapes match (a new head, or layers of another size, keep their fresh
-    initialisation and are listed)."""
+    initialisation and are listed; fresh parameters matching ``config.head`` start at
+    zero)."""
     if workdir == "imagenet":
       variables, _ = models.pretrained_variables(self.config.model.name)
       source = f"imagenet ({self.config.model.name} ImageNet-1k weights)"
@@ -307,6 +317,18 @@ class ClassificationTask(Task):
       source = (f"{workdir} (step {meta['checkpoint_step']}, {meta['model']} on "
                 f"{meta['dataset']})")
     params, loaded, skipped = state_lib.load_matching(state.params, variables["params"])
+    if self.config.get("head"):
+      # A fresh head starts at zero (big_vision's head_zeroinit): uniform first predictions,
+      # and no large random-head gradients flowing into the pretrained features.
+      head = re.compile(self.config.head)
+
+      def zero_fresh_head(path, p):
+        name = optim.path_name(path)
+        if name in skipped and head.search(name):
+          return jax.device_put(jnp.zeros(p.shape, p.dtype), p.sharding)
+        return p
+
+      params = jax.tree_util.tree_map_with_path(zero_fresh_head, params)
     stats, _, skipped_stats = state_lib.load_matching(state.batch_stats,
                                                       variables.get("batch_stats", {}))
     print(f"init_from {source}: loaded {len(loaded)} of {len(loaded) + len(skipped)} parameter "
@@ -319,8 +341,10 @@ class ClassificationTask(Task):
     return state.replace(params=params, batch_stats=stats, opt_state=opt_state)
 
   def make_train_step(self):
+    frozen = bool(self.config.get("freeze_backbone", False))
     return make_train_step(label_smoothing=self.config.get("label_smoothing", 0.0),
-                           frozen_statistics=bool(self.config.get("freeze_backbone", False)))
+                           frozen_statistics=frozen,
+                           trainable=self.config.head if frozen else None)
 
   def learning_rate(self, step: int) -> float:
     return float(self._schedule(step))

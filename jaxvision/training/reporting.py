@@ -43,6 +43,16 @@ class MetricWriter:
           tf.summary.scalar(f"{kind}/{k}", v, step=int(step))
     self._tb.flush()
 
+  def write_images(self, step: int, tag: str, images) -> None:
+    """Writes uint8 ``[N, H, W, 3]`` images to TensorBoard under ``tag``."""
+    if not self._enabled:
+      return
+    import tensorflow as tf
+    with self._tb.as_default():
+      tf.summary.image(tag, np.asarray(images, np.uint8), step=int(step),
+                       max_outputs=len(images))
+    self._tb.flush()
+
   def close(self):
     if self._tb is not None:
       self._tb.close()

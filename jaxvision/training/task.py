@@ -214,6 +214,13 @@ class Task:
     del ev
     return self.progress_metrics
 
+  def final_evaluation(self, run: Run, state, last_eval: dict) -> dict:
+    """The ``eval`` entry of ``results.json``, once the last step is done and every checkpoint
+    written. Default: the last evaluation (a task may instead evaluate its best checkpoint on
+    a held-out test split)."""
+    del run, state
+    return last_eval
+
   def write_outputs(self, run: Run, state, results: dict) -> None:
     """Writes the task's outputs at the end (process 0 only). Default: nothing."""
 

@@ -272,7 +272,8 @@ def train(task: Task, workdir) -> dict:
 
   ``results.json`` holds: ``config``, ``steps``, ``resumed_from_step``, ``train_seconds``,
   ``compile_seconds``, ``eval_seconds``, ``devices``, the task's :meth:`Task.results_info`
-  and ``eval`` (the last evaluation; a run that was already complete is evaluated again).
+  and ``eval`` (:meth:`Task.final_evaluation`: by default the last evaluation; a run that was
+  already complete is evaluated again).
   """
   config = task.config
   check_run_config(config)
@@ -317,6 +318,10 @@ def train(task: Task, workdir) -> dict:
       last_eval = evaluator.run(state)
       seconds["eval"] += time.perf_counter() - t0
       print(task.summary_line(last_eval))
+    run.checkpointer.wait()
+    t0 = time.perf_counter()
+    final_eval = task.final_evaluation(run, state, last_eval)
+    seconds["eval"] += time.perf_counter() - t0
     results = {
         "config": config.to_dict(),
         "steps": int(jax.device_get(state.step)),
@@ -326,7 +331,7 @@ def train(task: Task, workdir) -> dict:
         "eval_seconds": seconds["eval"],
         "devices": mesh.devices.size,
         **task.results_info(run),
-        "eval": last_eval,
+        "eval": final_eval,
     }
     if jax.process_index() == 0:
       (run.workdir / "results.json").write_text(json.dumps(results, indent=2))

@@ -295,3 +295,38 @@ def test_pipeline_rejects_bad_arguments():
     det.make_detection_pipeline(ds, batch_size=0, train=False)
   with pytest.raises(ValueError, match="flip_prob"):
     det.make_detection_pipeline(ds, batch_size=1, train=True, flip_prob=1.5)
+
+
+def test_flip_up_down_matches_reference_and_twice_restores():
+  h, w = 20, 30
+  image = np.arange(h * w * 3, dtype=np.float32).reshape(h, w, 3)
+  boxes = np.array([[2.0, 3.0, 10.0, 7.0], [0.0, 0.0, 30.0, 20.0]], np.float32)
+  flipped, fboxes = det.flip_up_down(tf.constant(image), tf.constant(boxes))
+  np.testing.assert_array_equal(flipped.numpy(), image[::-1])
+  np.testing.assert_array_equal(fboxes.numpy(), [[2, 13, 10, 17], [0, 0, 30, 20]])
+  back, bboxes = det.flip_up_down(flipped, fboxes)
+  np.testing.assert_array_equal(back.numpy(), image)
+  np.testing.assert_array_equal(bboxes.numpy(), boxes)
+
+
+def test_train_pipeline_vertical_flips_and_start_step():
+  """``vflip_prob=1`` flips every image up-down (content stays under its boxes), and
+  ``start_step=k`` yields what the uninterrupted pipeline yields from batch ``k`` on."""
+  ds, examples = _synthetic_dataset([(40, 60), (64, 32), (50, 50)])
+  kw = dict(canvas_size=64, max_boxes=4, batch_size=2, train=True, shuffle_buffer=3, seed=1,
+            scale_range=(1.0, 1.0), flip_prob=0.0)
+  full = list(det.make_detection_pipeline(ds, vflip_prob=1.0, **kw).take(5).as_numpy_iterator())
+  for batch in full:
+    for image, boxes, mask in zip(batch["image"], batch["boxes"], batch["mask"]):
+      assert_content_under_boxes(image, boxes[mask])
+  plain = list(det.make_detection_pipeline(ds, **kw).take(1).as_numpy_iterator())[0]
+  # Same order and scale, mirrored vertically: y -> h_canvas_image - y for the image region.
+  np.testing.assert_array_equal(plain["image_id"], full[0]["image_id"])
+  assert not np.array_equal(plain["boxes"], full[0]["boxes"])
+  resumed = list(det.make_detection_pipeline(ds, vflip_prob=1.0, start_step=3, **kw)
+                 .take(2).as_numpy_iterator())
+  for x, y in zip(resumed, full[3:]):
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key])
+  with pytest.raises(ValueError, match="vflip_prob"):
+    det.make_detection_pipeline(ds, batch_size=1, train=True, vflip_prob=2.0)

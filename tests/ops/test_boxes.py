@@ -160,6 +160,17 @@ def test_clip_and_small_boxes():
   np.testing.assert_allclose(per_image[1], [[0, 3, 11, 10], [10, 0, 11, 2]])
 
 
+def test_small_box_mask_marks_nan_boxes_small():
+  # torchvision's remove_small_boxes keeps (w >= min_size) & (h >= min_size): NaN fails that.
+  nan = np.nan
+  b = jnp.array([[0, 0, 5, 5], [nan, 0, 5, 5], [0, 0, 5, nan], [nan] * 4, [0, 0, np.inf, 5],
+                 [0, 0, 5, 2]], jnp.float32)
+  np.testing.assert_array_equal(box_ops.small_box_mask(b, 3.0),
+                                [False, True, True, True, False, True])
+  np.testing.assert_array_equal(jax.jit(box_ops.small_box_mask)(b, 0.0),
+                                [False, True, True, True, False, False])
+
+
 coord = st.floats(-50, 150, allow_nan=False, width=32)
 # Fixed shapes so the jitted function below compiles once for all examples.
 boxes_a = hnp.arrays(np.float32, (5, 4), elements=coord)

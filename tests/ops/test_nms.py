@@ -168,3 +168,75 @@ def test_bad_inputs_raise():
   with pytest.raises(ValueError, match="classes must have shape"):
     ops.batched_nms(jnp.zeros((3, 4)), jnp.zeros((3,)), jnp.zeros((2,), jnp.int32),
                     iou_threshold=0.5, max_output=2)
+
+
+# --- Against a plain greedy NMS written here (no TF): ties, zero-area boxes, three thresholds ----
+
+
+def np_greedy_nms(boxes, scores, iou_threshold, max_output, classes=None):
+  """Textbook greedy NMS in float64: visit by (-score, index), keep a box unless its IoU with a
+  kept box (of the same class) is > iou_threshold. Zero-area boxes have IoU 0 with everything."""
+  boxes = np.asarray(boxes, np.float64)
+  order = sorted(range(len(boxes)), key=lambda i: (-float(scores[i]), i))
+  area = lambda b: max(b[2] - b[0], 0.0) * max(b[3] - b[1], 0.0)  # noqa: E731
+  keep = []
+  for i in order:
+    if len(keep) == max_output:
+      break
+    suppressed = False
+    for j in keep:
+      if classes is not None and classes[i] != classes[j]:
+        continue
+      a, b = boxes[i], boxes[j]
+      inter = (max(min(a[2], b[2]) - max(a[0], b[0]), 0.0) *
+               max(min(a[3], b[3]) - max(a[1], b[1]), 0.0))
+      union = area(a) + area(b) - inter
+      if union > 0 and inter / union > iou_threshold:
+        suppressed = True
+        break
+    if not suppressed:
+      keep.append(i)
+  return np.array(keep, np.int64)
+
+
+def tie_boxes(seed, n=48):
+  """Boxes on a half-pixel grid (areas and IoUs exact in float32) with duplicated boxes,
+  zero-area boxes (points and lines) and scores drawn from a few values (many ties)."""
+  rng = np.random.default_rng(seed)
+  xy = rng.integers(0, 40, (n, 2)) / 2.0
+  wh = rng.integers(2, 30, (n, 2)) / 2.0
+  boxes = np.concatenate([xy, xy + wh], 1)
+  boxes[:6, 2] = boxes[:6, 0]  # zero width
+  boxes[6:9, 2:] = boxes[6:9, :2]  # points
+  boxes[9:15] = boxes[15:21]  # exact duplicates
+  perm = rng.permutation(n)
+  scores = rng.integers(0, 6, n) / 5.0
+  return boxes[perm].astype(np.float32), scores[perm].astype(np.float32)
+
+
+@pytest.mark.parametrize("iou_threshold", [0.3, 0.5, 0.7])
+def test_nms_equals_plain_greedy(iou_threshold):
+  suppressed = 0
+  for seed in range(12):
+    boxes, scores = tie_boxes(seed)
+    assert len(np.unique(scores)) < len(scores) // 4  # ties everywhere
+    for max_output in (5, len(boxes)):
+      idx, count = ops.nms(boxes, scores, iou_threshold=iou_threshold, max_output=max_output)
+      ref = np_greedy_nms(boxes, scores, iou_threshold, max_output)
+      np.testing.assert_array_equal(valid(idx, count), ref, err_msg=f"seed {seed}")
+    suppressed += len(boxes) - len(ref)
+    zero_area = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+    assert set(np.flatnonzero(zero_area)) <= set(ref.tolist())  # never suppressed
+  assert suppressed > 0
+
+
+@pytest.mark.parametrize("iou_threshold", [0.3, 0.5, 0.7])
+def test_batched_nms_equals_plain_greedy(iou_threshold):
+  for seed in range(12):
+    boxes, scores = tie_boxes(50 + seed)
+    classes = np.random.default_rng(seed).integers(0, 3, len(boxes)).astype(np.int32)
+    for max_output in (7, len(boxes)):
+      idx, count = ops.batched_nms(boxes, scores, classes, iou_threshold=iou_threshold,
+                                   max_output=max_output)
+      ref = np_greedy_nms(boxes, scores, iou_threshold, max_output, classes)
+      np.testing.assert_array_equal(valid(idx, count), ref, err_msg=f"seed {seed}")

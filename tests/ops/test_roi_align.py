@@ -1,5 +1,6 @@
 """RoIAlign tests against a float64 loop reference of torchvision's CPU algorithm."""
 
+import contextlib
 import math
 
 import jax
@@ -189,3 +190,180 @@ def test_bad_inputs_raise():
     ops.roi_align(feats, BOXES, INDEX[:3], output_size=2)
   with pytest.raises(ValueError, match="output_size"):
     ops.roi_align(feats, BOXES, INDEX, output_size=(2, 0))
+
+
+# --- Exact cases (issue: adaptive sample count, samples on the map's edge) -----------------------
+# Expected values by hand, and the float64 loop reference above for the whole output.
+
+
+def x_squared_map(size=32):
+  """[1, size, size, 1] map with f[y, x] = x**2."""
+  x = np.arange(size, dtype=np.float32) ** 2
+  return np.broadcast_to(x[None, None, :, None], (1, size, size, 1)).copy()
+
+
+def _call_modes():
+  """roi_align called eagerly (op by op), through its own jit, and inside an outer jit."""
+
+  def eager(*args, **kw):
+    with jax.disable_jit():
+      return ops.roi_align(*args, **kw)
+
+  def outer_jit(feats, boxes, index, **kw):  # boxes are constants there (XLA folds them)
+    return jax.jit(lambda f: ops.roi_align(f, boxes, index, **kw))(feats)
+
+  return {"eager": eager, "jit": ops.roi_align, "outer_jit": outer_jit}
+
+
+@pytest.mark.parametrize("mode", ["eager", "jit", "outer_jit"])
+def test_adaptive_count_at_exact_integer_ratio(mode):
+  call = _call_modes()[mode]
+  feats = x_squared_map()
+  # 21 / 7 = 3 samples per bin (torchvision: 3.16667); 4 samples would give 3.125.
+  # (The cap of 4 leaves room for the wrong count.)
+  out = call(feats, np.array([[0, 0, 21, 21]], np.float32), np.zeros(1, np.int32),
+             output_size=7, sampling_ratio=-1, max_sampling_ratio=4, aligned=False)
+  # Samples at x = 0.5, 1.5, 2.5: bilinear on x**2 gives 0.5, 2.5, 6.5; their mean is 19/6.
+  np.testing.assert_allclose(out[0, 0, 0, 0], 19 / 6, rtol=1e-6)
+  if mode != "jit":
+    return  # the cases below once suffice
+  # RoI sizes that are exact multiples of the output size (h, w separately), two outputs.
+  for out_hw, sizes in (((7, 7), [(7, 7), (14, 21), (21, 28), (28, 7)]),
+                        ((3, 5), [(12, 15), (6, 10), (9, 20)])):
+    boxes = np.array([[1, 2, 1 + w, 2 + h] for h, w in sizes], np.float32)
+    index = np.zeros(len(boxes), np.int32)
+    got = call(feats, boxes, index, output_size=out_hw, sampling_ratio=0, max_sampling_ratio=5,
+               aligned=False)
+    ref = ref_roi_align(feats, boxes, index, *out_hw, 1.0, 0, False)
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5, err_msg=f"{out_hw}")
+
+
+@pytest.mark.parametrize("mode", ["eager", "jit"])
+def test_div_exact_is_correctly_rounded(mode):
+  rng = np.random.default_rng(0)
+  a = np.concatenate([np.arange(-300, 3000, dtype=np.float32) * np.float32(0.25),
+                      rng.uniform(-1e3, 1e3, 20000).astype(np.float32),
+                      rng.uniform(0, 1e-3, 2000).astype(np.float32)])
+  from jaxvision.ops.roi_align import div_exact
+  for n in (1, 2, 3, 5, 7, 12, 14, 49, 4095):
+    fn = (lambda a: div_exact(a, n)) if mode == "eager" else jax.jit(lambda a: div_exact(a, n))
+    ctx = jax.disable_jit() if mode == "eager" else contextlib.nullcontext()
+    with ctx:
+      got = np.asarray(fn(a))
+    np.testing.assert_array_equal(got, a / np.float32(n), err_msg=f"n={n}")  # IEEE division
+  per_element = jax.jit(div_exact)(a[:7], np.arange(1, 8).astype(np.float32))
+  np.testing.assert_array_equal(per_element, a[:7] / np.arange(1, 8).astype(np.float32))
+
+
+ONES = np.ones((1, 4, 4, 1), np.float32)
+# (box, output bin (row, col), expected value) on a 4x4 map of ones; output 7, sampling 2,
+# aligned. A sample at exactly -1 or exactly H/W reads the edge value (weight 1); beyond, 0.
+EDGE_CASES = [
+    ([0, 0, 42, 4], (0, 0), 1.0),  # x samples 1.0 and 4.0 == W (the issue's case)
+    ([0, 0, 4, 42], (0, 0), 1.0),  # y samples 1.0 and 4.0 == H
+    ([0, 0, 42.7, 4], (0, 0), 0.5),  # x = 4.075 > W: weight 0
+    ([-9, 0, 5, 4], (0, 6), 1.0),  # last column's samples at x = 3.0 and 4.0 == W
+    ([0, -9, 4, 5], (6, 0), 1.0),  # last row's samples at y = 3.0 and 4.0 == H
+    ([-9, 0, 5, 4], (0, 0), 0.0),  # x = -9, -8: outside
+    ([-1, 0, 13, 4], (0, 0), 1.0),  # x samples -1.0 (clamped to 0) and 0.0
+    ([0, -1, 4, 13], (0, 0), 1.0),  # y samples -1.0 and 0.0
+    ([-1.25, 0, 12.75, 4], (0, 0), 0.5),  # x = -1.25 < -1: weight 0
+    ([0, -1.25, 4, 12.75], (0, 0), 0.5),  # y = -1.25 < -1
+]
+
+
+@pytest.mark.parametrize("mode", ["eager", "jit", "outer_jit"])
+def test_samples_on_the_map_edges(mode):
+  call = _call_modes()[mode]
+  boxes = np.array([c[0] for c in EDGE_CASES], np.float32)
+  index = np.zeros(len(boxes), np.int32)
+  out = np.asarray(call(ONES, boxes, index, output_size=7, sampling_ratio=2, aligned=True))
+  for k, (box, (r, c), value) in enumerate(EDGE_CASES):
+    assert out[k, r, c, 0] == pytest.approx(value, abs=1e-6), (box, out[k, r, c, 0])
+  ref = ref_roi_align(ONES, boxes, index, 7, 7, 1.0, 2, True)
+  np.testing.assert_allclose(out, ref, atol=1e-6)
+  # The same on a non-constant map, and on the far edge of a 2-image batch's second image.
+  feats = np.random.default_rng(5).normal(size=(2, 4, 4, 3)).astype(np.float32)
+  index = np.arange(len(boxes), dtype=np.int32) % 2
+  out = call(feats, boxes, index, output_size=7, sampling_ratio=2, aligned=True)
+  np.testing.assert_allclose(out, ref_roi_align(feats, boxes, index, 7, 7, 1.0, 2, True),
+                             atol=1e-5, rtol=1e-5)
+
+
+def test_gradient_wrt_boxes_matches_finite_differences():
+  feats = features_for(0.25, c=2)  # [2, 16, 12, 2]
+  boxes = np.array([[4.3, 6.1, 30.7, 40.2], [10.2, 3.3, 25.9, 17.6], [2.1, 30.4, 44.6, 61.3]],
+                   np.float32)
+  index = np.array([0, 1, 1], np.int32)
+  cot = np.random.default_rng(2).normal(size=(3, 2, 3, 2))
+
+  def loss(f, b):
+    out = ops.roi_align(f, b, index, output_size=(2, 3), spatial_scale=0.25, sampling_ratio=2)
+    return jnp.sum(out * cot)
+
+  grad_f, grad_b = jax.grad(loss, argnums=(0, 1))(jnp.asarray(feats), jnp.asarray(boxes))
+  ref = lambda b: np.sum(ref_roi_align(feats, b, index, 2, 3, 0.25, 2, True) * cot)  # noqa
+  eps, fd = 1e-4, np.zeros((3, 4))
+  for k in range(3):
+    for j in range(4):
+      step = np.zeros((3, 4))
+      step[k, j] = eps
+      fd[k, j] = (ref(boxes + step) - ref(boxes - step)) / (2 * eps)
+  assert np.abs(fd).max() > 0.05
+  np.testing.assert_allclose(grad_b, fd, rtol=2e-3, atol=2e-3)
+  # The feature gradient is the same with or without the box gradient asked for.
+  np.testing.assert_allclose(grad_f, jax.grad(loss)(jnp.asarray(feats), boxes), atol=1e-6)
+
+
+def test_backward_memory_stays_near_the_output_size():
+  # The vjp runs over chunks of RoIs: its scratch memory is about one output, not one gathered
+  # value per tap (16 outputs at sampling_ratio 2).
+  k, c = 256, 32
+  rng = np.random.default_rng(0)
+  xy = rng.uniform(0, 100, (k, 2))
+  boxes = np.concatenate([xy, xy + rng.uniform(4, 60, (k, 2))], 1).astype(np.float32)
+  index = (np.arange(k) % 2).astype(np.int32)
+
+  def fwd_bwd(f, cot):
+    out, vjp = jax.vjp(lambda f: ops.roi_align(f, boxes, index, output_size=7,
+                                               spatial_scale=0.25), f)
+    return out, vjp(cot)[0]
+
+  args = (jax.ShapeDtypeStruct((2, 32, 32, c), jnp.float32),
+          jax.ShapeDtypeStruct((k, 7, 7, c), jnp.float32))
+  memory = jax.jit(fwd_bwd).lower(*args).compile().memory_analysis()
+  if memory is None:
+    pytest.skip("this backend reports no memory analysis")
+  output_bytes = k * 7 * 7 * c * 4
+  assert memory.temp_size_in_bytes < 3 * output_bytes, memory.temp_size_in_bytes / output_bytes
+
+
+def test_matches_torchvision_forward_and_backward():
+  # An extra cross-check against torchvision's own kernel (the exact cases above need no torch).
+  torch = pytest.importorskip("torch")
+  tv_ops = pytest.importorskip("torchvision.ops")
+  rng = np.random.default_rng(4)
+  feats = rng.normal(size=(2, 20, 24, 5)).astype(np.float32)
+  xy = rng.uniform(-10, 44, (40, 2))
+  boxes = np.concatenate([xy, xy + rng.uniform(0, 30, (40, 2))], 1)
+  boxes[:6] = [[0, 0, 21, 21], [0, 0, 42, 4], [-9, 0, 5, 4], [-1, -1, 13, 13], [3, 3, 3, 3],
+               [5, 6, 5.5, 6.2]]  # exact ratios, edges, degenerate, sub-pixel
+  boxes = boxes.astype(np.float32)
+  index = rng.integers(0, 2, 40).astype(np.int32)
+  t_feats = torch.from_numpy(feats).permute(0, 3, 1, 2).contiguous().requires_grad_(True)
+  t_boxes = torch.from_numpy(np.concatenate([index[:, None], boxes], 1).astype(np.float32))
+  for aligned, sampling in ((True, 2), (False, 1), (True, -1)):
+    kw = dict(output_size=(3, 4), spatial_scale=0.5, sampling_ratio=sampling, aligned=aligned)
+    cap = None if sampling > 0 else int(np.ceil(np.abs(boxes[:, 2:] - boxes[:, :2]).max() *
+                                                0.5 / 3))  # just enough, as static bound
+    cot = rng.normal(size=(40, 3, 4, 5)).astype(np.float32)
+    out, vjp = jax.vjp(lambda f: ops.roi_align(f, boxes, index, max_sampling_ratio=cap, **kw),
+                       jnp.asarray(feats))
+    t_out = tv_ops.roi_align(t_feats, t_boxes, kw["output_size"], kw["spatial_scale"],
+                             sampling, aligned)
+    t_feats.grad = None
+    t_out.backward(torch.from_numpy(cot).permute(0, 3, 1, 2))
+    np.testing.assert_allclose(out, t_out.detach().permute(0, 2, 3, 1).numpy(), atol=1e-5,
+                               rtol=1e-5, err_msg=f"aligned={aligned} sampling={sampling}")
+    np.testing.assert_allclose(vjp(jnp.asarray(cot))[0],
+                               t_feats.grad.permute(0, 2, 3, 1).numpy(), atol=1e-5, rtol=1e-5)

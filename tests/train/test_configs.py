@@ -31,3 +31,13 @@ def test_config_builds(name, variant):
     optim.make_optimizer(config.optimizer, 100)
     if config.get("init_from") == "imagenet":
       models.pretrained.get_spec(config.model.name)
+  if task.name == "detection":
+    import jax
+    import jax.numpy as jnp
+    from jaxvision.tasks import detection
+    optim.make_optimizer(config.optimizer, 100)
+    model = detection.create_model(config, num_classes=3)
+    size = config.canvas_size
+    shapes = jax.eval_shape(lambda: model.init(
+        jax.random.PRNGKey(0), jnp.zeros((1, size, size, 3)), train=False))
+    assert jax.tree.leaves(shapes["params"])

@@ -15,7 +15,7 @@ import ml_collections
 
 from train.configs import common
 
-IMAGE_SIZE = 128
+IMAGE_SIZE = 112
 SCALE = "value_range(-0.9921875, 1)"  # (x - 127) / 128 on 0-255 pixels
 
 
@@ -42,7 +42,7 @@ def get_config(variant: str = "finetune") -> ml_collections.ConfigDict:
     c.optimizer.learning_rate = 3e-3
   else:
     c.backbone_lr_multiplier = 0.1
-    c.num_epochs = 3
+    c.num_epochs = 2
     c.optimizer.learning_rate = 1e-3
     c.optimizer.weight_decay = 1e-4
   c.label_smoothing = 0.1

@@ -1,4 +1,4 @@
-"""Shared defaults for image-classification configs (each experiment overrides a few fields)."""
+"""Shared defaults of the configs (each experiment overrides a few fields)."""
 
 import ml_collections
 from ml_collections import config_dict
@@ -48,4 +48,46 @@ def classification_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 2
   c.num_devices = config_dict.placeholder(int)  # default: all devices
   c.disable_progress_bar = config_dict.placeholder(bool)  # default: only on a terminal
+  return c
+
+
+def detection_config() -> ml_collections.ConfigDict:
+  """Defaults of the detection configs (``jaxvision.tasks.detection``)."""
+  c = ml_collections.ConfigDict()
+  c.task = "detection"
+  # A Pascal VOC or COCO folder, or its path under $JAXVISION_DATA_DIR (default ../shared/data).
+  c.dataset = "bccd/BCCD"
+  c.train_split = "train"
+  c.eval_split = "val"  # model selection (the best checkpoint by best_metric)
+  c.test_split = "test"  # evaluated once, with the best checkpoint, at the end
+  c.best_metric = "VOC_AP50"
+  c.canvas_size = 384  # images are fitted into an S x S canvas (longer side = S, zero padded)
+  c.max_boxes = 64  # ground truth per image, padded (more: the first ones, with a warning)
+  c.value_range = (0.0, 1.0)
+  # Training augmentation: left-right and up-down flips, scale jitter (then a random crop).
+  c.scale_range = (0.75, 1.33)
+  c.flip_prob = 0.5
+  c.vflip_prob = 0.0
+  c.min_box_size = 2.0
+  c.shuffle_buffer = 256
+
+  c.model = ml_collections.ConfigDict({"name": "FCOS"})
+  c.dtype = "float32"
+  c.optimizer = ml_collections.ConfigDict({
+      "name": "adamw", "learning_rate": 1e-3, "schedule": "warmup_cosine", "warmup_steps": 200,
+      "weight_decay": 1e-4, "grad_clip_norm": 10.0, "momentum": 0.9, "nesterov": False,
+      "b1": 0.9, "b2": 0.999, "pct_start": 0.25, "end_lr_fraction": 0.0,
+  })
+  c.seed = 0
+  c.batch_size = 8
+  c.eval_batch_size = 8
+  c.num_epochs = 100
+  c.num_train_steps = -1  # > 0 overrides num_epochs
+  c.log_every_steps = 25
+  c.eval_every_steps = -1  # -1: once per epoch
+  c.checkpoint_every_steps = -1
+  c.keep_checkpoints = 2
+  c.num_draw = 4  # validation images with detections drawn to TensorBoard per evaluation
+  c.num_devices = config_dict.placeholder(int)
+  c.disable_progress_bar = config_dict.placeholder(bool)
   return c

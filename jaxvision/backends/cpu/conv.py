@@ -20,7 +20,9 @@ JAX's own transpose rules express the same gradients with permuted dimension num
 assignment turns those back into its fast (Eigen) convolution, but not inside a loop body
 (``lax.scan``, ``while``), where they run a naive loop many times slower (jax-ml/jax#12868).
 Written explicitly, the gradients are fast in both places. Values are the same up to float
-summation order. Other configurations fall back to ``lax.conv_general_dilated`` unchanged.
+summation order. Depthwise convolutions (``feature_group_count`` equal to the channels) are
+:func:`depthwise_conv`, a sum of shifted slices. Other configurations fall back to
+``lax.conv_general_dilated`` unchanged.
 
 On CPU the kernel gradient transposes its (large) image operand through a fusion barrier
 (:func:`moveaxis_stored`): otherwise XLA:CPU recomputes the BatchNorm/ReLU chain that
@@ -81,6 +83,11 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
   ndim = lhs.ndim
   dn = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
   window = rhs.shape[:-2]
+  if (dn == _channels_last(ndim) and _is_one(lhs_dilation) and _is_one(rhs_dilation)
+      and batch_group_count == 1 and feature_group_count > 1
+      and feature_group_count == lhs.shape[-1] == rhs.shape[-1] and rhs.shape[-2] == 1
+      and preferred_element_type is None):
+    return depthwise_conv(lhs, rhs, window_strides, padding)
   simple = (dn == _channels_last(ndim) and _is_one(lhs_dilation) and _is_one(rhs_dilation)
             and feature_group_count == 1 and batch_group_count == 1)
   if simple:
@@ -97,6 +104,43 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
   return _conv(lhs, rhs, tuple(int(s) for s in window_strides), pads, precision,
                preferred_element_type)
 
+
+def depthwise_conv(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
+                   padding) -> jax.Array:
+  """Channels-last depthwise convolution as a sum of shifted, scaled slices.
+
+  ``lhs [B, *S, C]``, ``rhs [*K, 1, C]`` (``feature_group_count == C``, as MobileNet and
+  EfficientNet use it), ``padding`` a ``lax`` padding string or ``(lo, hi)`` pairs. Returns
+  ``lax.conv_general_dilated(..., feature_group_count=C)``'s result ``[B, *O, C]``: for each
+  of the ``prod(K)`` taps, the (strided) slice of the padded input it meets times the tap's
+  ``[C]`` weights, summed. XLA:CPU runs grouped convolutions, and above all their gradients,
+  as slow generic loops; the shifted form is elementwise work it fuses, and its gradients
+  (pads and reductions of the same products) follow by autodiff. Depthwise train-step
+  figures: ``benchmarks/RESULTS.md``.
+  """
+  n = lhs.ndim - 2
+  window = rhs.shape[:n]
+  strides = tuple(int(s) for s in window_strides)
+  in_size = lhs.shape[1:-1]
+  pads = (lax.padtype_to_pads(in_size, window, strides, padding)
+          if isinstance(padding, str) else padding)
+  pads = [(int(lo), int(hi)) for lo, hi in pads]
+  out_size = [(h + lo + hi - k) // s + 1 for h, (lo, hi), k, s in zip(in_size, pads, window,
+                                                                       strides)]
+  if min(out_size) < 1:
+    raise ValueError(f"depthwise_conv: empty output {out_size} for input {in_size}, kernel "
+                     f"{window}, strides {strides}, padding {pads}")
+  # Negative padding crops; lax.pad takes both signs.
+  padded = lax.pad(lhs, jnp.zeros((), lhs.dtype),
+                   [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in pads] + [(0, 0, 0)])
+  out = None
+  for tap in itertools.product(*(range(k) for k in window)):
+    start = (0, *tap, 0)
+    limit = (lhs.shape[0], *(t + (o - 1) * s + 1 for t, o, s in zip(tap, out_size, strides)),
+             lhs.shape[-1])
+    term = lax.slice(padded, start, limit, (1, *strides, 1)) * rhs[tap][0].astype(lhs.dtype)
+    out = term if out is None else out + term
+  return out
 
 def _forward(lhs, rhs, strides, padding, precision, preferred_element_type):
   def xla(lhs, rhs):

@@ -203,3 +203,44 @@ def test_kernel_gradient_through_the_barrier_matches_lax_in_float64():
       assert "conditional(" in ours.lower(w, x).compile().as_text()
       np.testing.assert_allclose(ours(w, x), grads(lax.conv_general_dilated)(w, x),
                                  rtol=1e-12, atol=1e-10)
+
+
+def _depthwise_reference(x, w, stride, pads):
+  """NumPy float64 depthwise correlation: out[b, i, j, c] = sum_t x_pad[b, s*i + ti, s*j + tj, c]
+  * w[ti, tj, 0, c]."""
+  x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+  xp = np.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))
+  kh, kw = w.shape[:2]
+  oh = (xp.shape[1] - kh) // stride[0] + 1
+  ow = (xp.shape[2] - kw) // stride[1] + 1
+  out = np.zeros((x.shape[0], oh, ow, x.shape[3]))
+  for i in range(oh):
+    for j in range(ow):
+      patch = xp[:, i * stride[0]:i * stride[0] + kh, j * stride[1]:j * stride[1] + kw]
+      out[:, i, j] = np.einsum("bhwc,hwc->bc", patch, w[:, :, 0])
+  return out
+
+
+@pytest.mark.parametrize("size,kernel,stride,padding", [
+    ((9, 9), (3, 3), (1, 1), "SAME"),
+    ((10, 11), (3, 3), (2, 2), "SAME"),    # EfficientNet's stride-2 depthwise, uneven padding
+    ((12, 12), (5, 5), (2, 2), "SAME"),
+    ((7, 8), (5, 3), (1, 2), "VALID"),
+    ((6, 6), (3, 3), (1, 1), ((2, 0), (0, 2))),
+])
+def test_depthwise_matches_numpy_and_lax_gradients_in_float64(size, kernel, stride, padding):
+  with jax.enable_x64(True), cpu.enabled():
+    rng = np.random.default_rng(2)
+    c = 6
+    x = jnp.asarray(rng.normal(size=(2, *size, c)))
+    w = jnp.asarray(rng.normal(size=(*kernel, 1, c)))
+    kw = dict(window_strides=stride, padding=padding, feature_group_count=c)
+    y, (dx, dw) = _value_and_grads(cpu_conv.conv_general_dilated, x, w, **kw)
+    y_ref, (dx_ref, dw_ref) = _value_and_grads(lax.conv_general_dilated, x, w, **kw)
+    pads = (lax.padtype_to_pads(size, kernel, stride, padding) if isinstance(padding, str)
+            else padding)
+    np.testing.assert_allclose(y, _depthwise_reference(x, w, stride, pads), rtol=1e-12,
+                               atol=1e-12)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-12, atol=1e-12)
