@@ -164,7 +164,7 @@ class Evaluator:
           "num_images": int(len(found["image_ids"]))}
     ev.update({k: float(scores[k]) for k in COCO_KEYS})
     ev["VOC_AP50"] = float(scores["VOC_AP50"])
-    ev["per_class"] = {names[cat]: {k: (float(v) if k != "name" else v)
+    ev["per_class"] = {names[cat]: {k: (int(v) if k == "num_gt" else float(v))
                                     for k, v in entry.items() if k != "name"}
                        for cat, entry in scores["per_class"].items()}
     if self.history is not None:
