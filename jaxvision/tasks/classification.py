@@ -230,6 +230,12 @@ class ClassificationTask(Task):
     if config.get("num_train_steps", -1) <= 0 and not config.get("num_epochs", 0) > 0:
       raise ValueError(f"config.num_epochs must be > 0 (or set config.num_train_steps > 0); "
                        f"found num_epochs={config.get('num_epochs')!r}")
+    if config.model.name not in models.MODELS:  # before any data is prepared
+      raise ValueError(f"config.model.name must be one of {sorted(models.MODELS)}; found "
+                       f"{config.model.name!r}")
+    smoothing = config.get("label_smoothing", 0.0)
+    if not (isinstance(smoothing, (int, float)) and 0 <= smoothing < 1):
+      raise ValueError(f"config.label_smoothing must be a number in [0, 1); found {smoothing!r}")
     self.builder, self.info = data.get_dataset(config.dataset, data_dir=config.get("data_dir"))
     for split in (config.train_split, config.eval_split):
       pipeline.split_size(self.info, split)  # an unknown split fails here, not after an epoch

@@ -45,7 +45,6 @@ import ml_collections
 import numpy as np
 import tqdm
 from PIL import Image
-from absl import logging
 
 from jaxvision import data
 from jaxvision.data import pipeline
@@ -388,6 +387,12 @@ class GANTask(Task):
   def prepare(self):
     config = self.config
     self.total_steps()
+    for table, cfg, what in ((GENERATORS, config.generator, "generator"),
+                             (DISCRIMINATORS, config.discriminator, "discriminator")):
+      if cfg.name not in table:  # before any data is prepared
+        raise ValueError(f"config.{what}.name must be one of {sorted(table)}; found "
+                         f"{cfg.name!r}")
+    num_clusters(config)
     self.builder, self.info = data.get_dataset(config.dataset, data_dir=config.get("data_dir"))
     self.class_names = _class_names(config, self.info)
     if config.get("classifier_workdir"):
@@ -396,7 +401,6 @@ class GANTask(Task):
           checkpoint=config.get("classifier_checkpoint", "best"),
           num_real=config.num_real_samples, batch_size=config.eval_batch_size)
     else:
-      logging.warning("config.classifier_workdir is not set: sample quality is not measured")
       print("Warning: config.classifier_workdir is not set; sample-quality metrics are "
             "skipped.")
 
