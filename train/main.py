@@ -35,13 +35,6 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, plots, results.")
-flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "generate"], "What to do.")
-flags.DEFINE_string("split", None, "Split for --mode=evaluate (default: config.eval_split).")
-flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Checkpoint for the other modes.")
-
 
 class _FileListFlag(flags.MultiFlag):
   """A list of files: comma-separated, or the flag repeated (the lists are joined); a comma
@@ -60,6 +53,12 @@ class _EscapedListParser(flags.ListParser):
     return super().parse(argument.replace("\\,", "\0"))
 
 
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to a config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, plots, results.")
+flags.DEFINE_enum("mode", "train", ["train", "evaluate", "predict", "generate"], "What to do.")
+flags.DEFINE_string("split", None, "Split for --mode=evaluate (default: config.eval_split).")
+flags.DEFINE_enum("checkpoint", "best", ["best", "latest"], "Checkpoint for the other modes.")
 flags.DEFINE_flag(_FileListFlag(
     _EscapedListParser(), flags.ArgumentSerializer(), "images", [],
     "Image files for --mode=predict: comma-separated, or the flag repeated; a comma inside a "
@@ -81,8 +80,8 @@ CONFIGS_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 
 
 def _configs() -> dict[str, str]:
-  """``{name: first line of its docstring}`` of the configs in train/configs/ (read, not
-  imported)."""
+  """``{name: the first paragraph of its docstring (shortened to 90 characters)}`` of the
+  configs in train/configs/ (read, not imported)."""
   out = {}
   for path in sorted(CONFIGS_DIR.glob("*.py")):
     if path.stem not in ("__init__", "common"):
@@ -197,8 +196,12 @@ def parse_flags(argv: list[str]) -> list[str]:
   stderr (exit status 2), and ``--help`` ends with :func:`catalog`."""
   argv = ["--help" if a == "-h" else a for a in argv]
   if any(a in ("--help", "--helpshort", "--helpfull", "-?") for a in argv[1:]):
+    try:
+      listing = catalog()
+    except Exception as e:  # pylint: disable=broad-except
+      listing = f"(the list of configs, tasks, datasets and models failed: {_last_line(e)})"
     main_module = sys.modules["__main__"]
-    main_module.__doc__ = (main_module.__doc__ or "") + "\n" + catalog().replace("%", "%%")
+    main_module.__doc__ = (main_module.__doc__ or "") + "\n" + listing.replace("%", "%%")
   try:
     rest = FLAGS(argv)
     if FLAGS.config is not None:

@@ -47,7 +47,7 @@ from absl import logging
 from jaxvision.training import checkpoint as ckpt_lib
 from jaxvision.training import jit as jit_lib
 from jaxvision.training import optim, reporting, sharding
-from jaxvision.training.task import Task
+from jaxvision.training.task import Task, compute_dtype
 
 CONFIG_FILE = "config.json"
 
@@ -120,7 +120,9 @@ def check_run_config(config: ml_collections.ConfigDict) -> None:
     > 0) gives the length;
   * every optimizer (``optimizer``, ``g_optimizer``, ... : ``optim.check_config``): known name,
     schedule and fields, ``learning_rate`` > 0 and the other values in range;
-  * every ``dropout_rate`` (``model.dropout_rate``, ...): a number in [0, 1).
+  * every ``dropout_rate`` (``model.dropout_rate``, ...): a number in [0, 1);
+  * ``dtype`` a known compute dtype; ``num_devices`` (when set) at most the devices there are,
+    and dividing ``batch_size``.
   """
   for name, lowest in _POSITIVE_FIELDS.items():
     value = config.get(name)
@@ -147,6 +149,9 @@ def check_run_config(config: ml_collections.ConfigDict) -> None:
       if not (isinstance(value, (int, float)) and not isinstance(value, bool)
               and 0 <= value < 1):
         raise ValueError(f"{where} must be in [0, 1); found {value!r}")
+  compute_dtype(config)
+  if config.get("batch_size") is not None:
+    sharding.check_batch_size(config.batch_size, sharding.make_mesh(config.get("num_devices")))
 
 
 def check_workdir(workdir) -> pathlib.Path:

@@ -47,7 +47,7 @@ import tqdm
 from PIL import Image
 
 from jaxvision import data
-from jaxvision.data import pipeline
+from jaxvision.data import pipeline, preprocess
 from jaxvision.models import gan as gan_models
 from jaxvision.tasks.gan import clustering, steps as gan_steps
 from jaxvision.tasks.gan.quality import QualityEvaluator, summary_line
@@ -393,6 +393,7 @@ class GANTask(Task):
         raise ValueError(f"config.{what}.name must be one of {sorted(table)}; found "
                          f"{cfg.name!r}")
     num_clusters(config)
+    preprocess.parse(config.pp_train)  # an unknown op or bad argument fails before any data
     self.builder, self.info = data.get_dataset(config.dataset, data_dir=config.get("data_dir"))
     self.class_names = _class_names(config, self.info)
     if config.get("classifier_workdir"):
