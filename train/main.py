@@ -218,7 +218,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    raise SystemExit(f"error: unexpected arguments {argv[1:]} (flags are --name=value)")
   if FLAGS.list:
     print(catalog())
     return
@@ -259,6 +259,8 @@ def main(argv):
     params = inspect.signature(mode).parameters
     kwargs = {name: FLAGS[name].value for name in params if name != "workdir"}
     print(task.format_result(FLAGS.mode, mode(FLAGS.workdir, **kwargs)))
+  except app.UsageError as e:  # absl would print the whole usage text before it
+    raise SystemExit(f"error: {e}") from None
   except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError,
           FloatingPointError, trainer.WorkdirInUseError) as e:
     # Bad input: say what was expected and what was found, without a deep traceback.

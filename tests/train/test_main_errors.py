@@ -85,6 +85,18 @@ def test_flag_and_config_file_errors_are_one_line_before_tensorflow(tmp_path, ar
   assert not workdir.exists() and not (tmp_path / "tfds").exists()
 
 
+@pytest.mark.parametrize("args,code,message", [
+    ([], 2, "error: flags workdir=None, pretrained=None, list=False: --workdir is required "
+            "(unless --pretrained is given with --mode=predict, or --list)\n"),
+    (["--workdir=run", "stray"], 1,
+     "error: unexpected arguments ['stray'] (flags are --name=value)\n"),
+])
+def test_missing_workdir_and_stray_arguments_are_one_line(tmp_path, args, code, message):
+  out = _cli(*args, tmp_path=tmp_path)
+  assert (out.returncode, out.stderr) == (code, message)
+  assert out.stdout == "tensorflow imported: False\n"
+
+
 def test_a_config_file_with_a_syntax_error_is_one_line(tmp_path):
   bad = tmp_path / "bad_config.py"
   bad.write_text("def get_config(:\n  pass\n")
@@ -287,3 +299,7 @@ def test_cli_refuses_fewer_steps_than_a_finished_workdir_and_a_file_workdir(digi
   assert out.returncode == 1 and out.stderr == (
       f"error: NotADirectoryError: --workdir {workdir / 'results.json'} is a file; expected a "
       f"folder (or a path where one can be created)\n")
+  out = run_cli(f"--workdir={workdir}", "--mode=generate", tfds_dir=tfds_dir)
+  assert out.returncode == 1 and out.stderr == (
+      "error: --mode=generate is not available for config.task 'classification'; expected one "
+      "of ('train', 'evaluate', 'predict')\n")  # not absl's whole usage text first
