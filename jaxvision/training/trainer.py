@@ -21,7 +21,10 @@ Workdir layout (every task)::
     <workdir>/plots/curves.png      train metrics and evaluations over steps
     <workdir>/plots/...             the task's own outputs
 
-Running the same command with the same workdir resumes from the latest checkpoint.
+Running the same command with the same workdir resumes from the latest checkpoint (a config
+that differs from the workdir's ``config.json`` is named in a note; one with fewer steps than
+the checkpoint is refused). Bad settings and workdirs fail first, in one line
+(:func:`check_run_config`, :func:`check_workdir`), before any data is prepared.
 """
 
 from __future__ import annotations
@@ -252,6 +255,32 @@ def save_config(config: ml_collections.ConfigDict, workdir) -> None:
   tmp.replace(path)
 
 
+def _flatten(tree, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[prefix + key] = value
+  return out
+
+
+def config_changes(workdir, config: ml_collections.ConfigDict, limit: int = 4) -> str:
+  """The fields where ``config`` differs from the workdir's ``config.json``, as
+  ``"a.b (old -> new), ..."`` (at most ``limit`` named, then a count); ``""`` when equal or
+  when the workdir has no readable ``config.json``."""
+  try:
+    stored = json.loads((pathlib.Path(workdir) / CONFIG_FILE).read_text())
+  except (OSError, ValueError):
+    return ""
+  old, new = _flatten(stored), _flatten(json.loads(json.dumps(config.to_dict())))
+  unset = "<unset>"
+  keys = sorted(k for k in old.keys() | new.keys() if old.get(k, unset) != new.get(k, unset))
+  named = [f"{k} ({old.get(k, unset)!r} -> {new.get(k, unset)!r})" for k in keys[:limit]]
+  more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+  return ", ".join(named) + more
+
+
 def load_config(workdir) -> ml_collections.ConfigDict:
   """The config a workdir was trained with (its ``config.json``, else ``results.json``)."""
   workdir = pathlib.Path(workdir).resolve()
@@ -388,6 +417,10 @@ def train(task: Task, workdir) -> dict:
             f"--workdir, or --mode=evaluate to evaluate what it holds")
       logging.info("resumed from %s at step %d", run.checkpointer.directory, start_step)
       print(f"Resuming from step {start_step} of {total_steps} ({run.checkpointer.directory})")
+      changed = config_changes(run.workdir, config)
+      if changed:
+        print(f"Note: this config differs from the workdir's {CONFIG_FILE} in {changed}; "
+              f"{CONFIG_FILE} and results.json will record this one")
     save_config(config, run.workdir)  # only once the checkpoint is known to fit this config
     run.batches, run._next_batch = batches, first  # pylint: disable=protected-access
     state = task.on_start(run, state)
