@@ -2,11 +2,15 @@
 
 * :func:`require_data`: a dataset folder under the data root, or skip.
 * NumPy float64 references of Flax's LSTM/GRU cells and of ``StackedRNN``: :func:`np_stacked`.
+* :func:`run_cli`: ``python -m train.main`` in a subprocess, with its own prepared-data folder.
 * :func:`train_digits_cnn`: a few SGD steps of SimpleCNN on digits over every device (the
   multi-host test runs it in two processes and in one); :func:`flat_leaves`.
 """
 
 import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -23,6 +27,17 @@ def require_data(name: str):
       pytest.fail(msg)
     pytest.skip(msg)
   return path
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, tfds_dir, timeout=300) -> subprocess.CompletedProcess:
+  """``python -m train.main *args`` from the repository root (stdout and stderr captured as
+  text: pipes, not a terminal); prepared records go to ``tfds_dir``."""
+  env = dict(os.environ, JAXVISION_TFDS_DIR=str(tfds_dir))
+  return subprocess.run([sys.executable, "-m", "train.main", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=timeout)
 
 
 # ------------------------------------------------ NumPy float64 references of jaxvision.models.rnn

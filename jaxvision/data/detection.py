@@ -81,6 +81,8 @@ class DetectionInfo:
     dropped_boxes: per split, the warnings of boxes dropped when preparing (zero area).
     clipped_boxes: per split, the warnings of boxes clipped to their image when preparing.
     builder: the TFDS builder (``builder.info`` is the full ``tfds.core.DatasetInfo``).
+    skipped_images: per split, the warnings of images skipped when preparing (their content
+      does not decode: a truncated or corrupt file).
   """
 
   format: str
@@ -90,6 +92,7 @@ class DetectionInfo:
   dropped_boxes: Mapping[str, tuple[str, ...]]
   clipped_boxes: Mapping[str, tuple[str, ...]]
   builder: tfds.core.DatasetBuilder
+  skipped_images: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
 
   @property
   def num_classes(self) -> int:
@@ -160,8 +163,10 @@ def load_detection_dataset(path_or_name, split: str, *, data_dir=None, format: s
   Returns:
     ``(dataset of TFDS feature dicts, DetectionInfo)``.
 
-  Prepared records are reused as long as the folder's absolute path (and ``class_names`` /
-  ``splits``) are unchanged; after editing the source data, delete ``info.builder.data_dir``.
+  Prepared records are reused as long as the folder's absolute path, its content (annotation
+  files by a hash, images by size and modification time) and ``class_names`` / ``splits`` are
+  unchanged; an edited folder is prepared again into a new directory (the old one can be
+  deleted).
   """
   builder = detection_builder(path_or_name, format=format, data_dir=data_dir, **builder_kwargs)
   builder.download_and_prepare()
@@ -177,6 +182,7 @@ def load_detection_dataset(path_or_name, split: str, *, data_dir=None, format: s
       dropped_boxes={s: tuple(v) for s, v in metadata.get("dropped_boxes", {}).items()},
       clipped_boxes={s: tuple(v) for s, v in metadata.get("clipped_boxes", {}).items()},
       builder=builder,
+      skipped_images={s: tuple(v) for s, v in metadata.get("skipped_images", {}).items()},
   )
 
 

@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxvision.data import paths
+from jaxvision.data.builders import local
 from jaxvision.data.builders.idx import read_idx
 
 NUM_INPUT_FRAMES = 10
@@ -196,7 +197,7 @@ class MovingMnistConfig(tfds.core.BuilderConfig):
   frame_size: int = FRAME_SIZE
 
 
-class MovingMnist(tfds.core.GeneratorBasedBuilder):
+class MovingMnist(local.LocalBuilder):
   """Moving-MNIST sequences prepared from a local MNIST IDX folder.
 
   Usage::

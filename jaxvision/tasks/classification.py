@@ -30,7 +30,7 @@ import optax
 from jaxvision import data, losses, models
 from jaxvision import export as export_lib
 from jaxvision.data import images as image_io
-from jaxvision.data import pipeline
+from jaxvision.data import pipeline, preprocess
 from jaxvision.metrics import classification as cls_metrics
 from jaxvision.training import jit as jit_lib
 from jaxvision.training import optim, reporting, sharding, trainer
@@ -231,6 +231,14 @@ class ClassificationTask(Task):
     if config.get("num_train_steps", -1) <= 0 and not config.get("num_epochs", 0) > 0:
       raise ValueError(f"config.num_epochs must be > 0 (or set config.num_train_steps > 0); "
                        f"found num_epochs={config.get('num_epochs')!r}")
+    if config.model.name not in models.MODELS:  # before any data is prepared
+      raise ValueError(f"config.model.name must be one of {sorted(models.MODELS)}; found "
+                       f"{config.model.name!r}")
+    smoothing = config.get("label_smoothing", 0.0)
+    if not (isinstance(smoothing, (int, float)) and 0 <= smoothing < 1):
+      raise ValueError(f"config.label_smoothing must be a number in [0, 1); found {smoothing!r}")
+    for key in ("pp_train", "pp_eval"):
+      preprocess.parse(config[key])  # an unknown op or bad argument fails before any data
     self.builder, self.info = data.get_dataset(config.dataset, data_dir=config.get("data_dir"))
     for split in (config.train_split, config.eval_split):
       pipeline.split_size(self.info, split)  # an unknown split fails here, not after an epoch
@@ -452,7 +460,13 @@ def predict_files(state, meta: dict, image_paths, *, top_k: int = 3) -> list[dic
 
 def top_k_labels(probs: np.ndarray, names, top_k: int, files=None) -> list[dict]:
   """Per row of ``probs [N, K]``: ``{'top_k': [{'label', 'class_id', 'probability'}, ...]}``
-  (highest first; ties by class id), plus ``'file'`` when ``files`` is given."""
+  (highest first; ties by class id), plus ``'file'`` when ``files`` is given.
+
+  Raises:
+    ValueError: ``top_k`` is not an integer >= 1.
+  """
+  if not (isinstance(top_k, (int, np.integer)) and not isinstance(top_k, bool) and top_k >= 1):
+    raise ValueError(f"top_k must be a positive number of labels; found {top_k!r}")
   k = min(top_k, len(names))
   out = []
   for i, p in enumerate(probs):

@@ -271,6 +271,9 @@ class SequencePredictionTask(Task):
   def prepare(self):
     config = self.config
     self.total_steps()  # checks num_train_steps before the data is generated
+    if config.model.name not in FORECASTERS:
+      raise ValueError(f"config.model.name must be one of {sorted(FORECASTERS)}; found "
+                       f"{config.model.name!r}")
     self.builder = make_builder(config.data)
     self.train_frames = load_split(self.builder, config.train_split)
     self.test_frames = load_split(self.builder, config.eval_split)

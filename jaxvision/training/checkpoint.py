@@ -17,6 +17,8 @@ them and must run before exit (the trainer does so in a ``finally``).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import pathlib
 from typing import Any, Mapping
 
@@ -58,6 +60,25 @@ def describe_mismatch(expected_tree, stored_tree, limit: int = 6) -> list[str]:
   if len(lines) > limit:
     lines = lines[:limit] + [f"... and {len(lines) - limit} more differences"]
   return lines
+
+
+class _DropUnrankedSaveWarning(logging.Filter):
+  """Drops Orbax's "Requested `tracked_metric`; did not provide metrics." (a save between
+  evaluations, or of an evaluation without the ranking metric, is unranked on purpose)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "did not provide metrics" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _unranked_save():
+  """Inside the block only, Orbax's warning for a save without metrics is not logged."""
+  logger, drop = logging.getLogger("absl"), _DropUnrankedSaveWarning()
+  logger.addFilter(drop)
+  try:
+    yield
+  finally:
+    logger.removeFilter(drop)
 
 
 class Checkpointer:
@@ -104,10 +125,11 @@ class Checkpointer:
     """Saves ``state`` and ``meta`` at ``step`` (asynchronously); ``metrics`` rank it."""
     if step in self._manager.all_steps():
       return False
-    return self._manager.save(
-        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                      meta=ocp.args.JsonSave(dict(meta))),
-        metrics=dict(metrics) if metrics is not None else None, force=True)
+    with _unranked_save() if metrics is None else contextlib.nullcontext():
+      return self._manager.save(
+          step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                        meta=ocp.args.JsonSave(dict(meta))),
+          metrics=dict(metrics) if metrics is not None else None, force=True)
 
   def read_meta(self, step: int) -> dict:
     """The JSON ``meta`` item of ``step``."""

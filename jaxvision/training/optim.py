@@ -27,6 +27,7 @@ silently ignored.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -55,6 +56,58 @@ SCHEDULES = ("constant", "warmup_cosine", "onecycle")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 OptimizerConfig = ml_collections.ConfigDict | Mapping[str, Any] | None
+
+# Field -> (lowest, highest, whether the lowest is allowed, whether the highest is allowed):
+# the values that make sense (check_config). A None bound is open.
+RANGES = {
+    "learning_rate": (0.0, None, False, False),
+    "warmup_steps": (0, None, True, False),
+    "end_lr_fraction": (0.0, 1.0, True, True),
+    "pct_start": (0.0, 1.0, False, False),
+    "div_factor": (0.0, None, False, False),
+    "final_div_factor": (0.0, None, False, False),
+    "weight_decay": (0.0, None, True, False),
+    "momentum": (0.0, 1.0, True, False),
+    "b1": (0.0, 1.0, True, False),
+    "b2": (0.0, 1.0, True, False),
+    "grad_clip_norm": (0.0, None, True, False),
+}
+
+
+def _range_text(lo, hi, lo_in: bool, hi_in: bool) -> str:
+  if hi is None:
+    return f"{'>=' if lo_in else '>'} {lo:g}"
+  return f"in {'[' if lo_in else '('}{lo:g}, {hi:g}{']' if hi_in else ')'}"
+
+
+def check_config(cfg: OptimizerConfig, where: str = "config.optimizer") -> None:
+  """Raises a one-line ValueError for an optimizer config that cannot train: an unknown or
+  missing field, an unknown ``name`` or ``schedule``, or a value out of its range
+  (:data:`RANGES`: e.g. ``learning_rate`` a finite number > 0, ``b1``/``b2``/``momentum`` in
+  [0, 1)). ``where`` names the config field in the message (``config.g_optimizer``)."""
+  try:
+    fields = resolve_config(cfg)
+  except ValueError as e:
+    raise ValueError(f"{where}: {e}") from None
+  if fields["name"] not in OPTIMIZERS:
+    raise ValueError(f"{where}.name must be one of {', '.join(repr(o) for o in OPTIMIZERS)}; "
+                     f"found {fields['name']!r}")
+  if fields["schedule"] not in SCHEDULES:
+    raise ValueError(f"{where}.schedule must be one of "
+                     f"{', '.join(repr(s) for s in SCHEDULES)}; found {fields['schedule']!r}")
+  for name, (lo, hi, lo_in, hi_in) in RANGES.items():
+    value = fields.get(name)
+    if value is None and name == "momentum":
+      continue  # plain SGD
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = number and math.isfinite(value) and (value >= lo if lo_in else value > lo) and (
+        hi is None or (value <= hi if hi_in else value < hi))
+    if ok and name == "warmup_steps":
+      ok = float(value).is_integer()
+    if not ok:
+      kind = "an integer " if name == "warmup_steps" else ""
+      raise ValueError(f"{where}.{name} must be {kind}{_range_text(lo, hi, lo_in, hi_in)}; "
+                       f"found {value!r}")
 
 
 def resolve_config(cfg: OptimizerConfig = None, *, required: tuple[str, ...] = REQUIRED,

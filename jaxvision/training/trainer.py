@@ -21,7 +21,10 @@ Workdir layout (every task)::
     <workdir>/plots/curves.png      train metrics and evaluations over steps
     <workdir>/plots/...             the task's own outputs
 
-Running the same command with the same workdir resumes from the latest checkpoint.
+Running the same command with the same workdir resumes from the latest checkpoint (a config
+that differs from the workdir's ``config.json`` is named in a note; one with fewer steps than
+the checkpoint is refused). Bad settings and workdirs fail first, in one line
+(:func:`check_run_config`, :func:`check_workdir`), before any data is prepared.
 """
 
 from __future__ import annotations
@@ -46,8 +49,8 @@ from absl import logging
 
 from jaxvision.training import checkpoint as ckpt_lib
 from jaxvision.training import jit as jit_lib
-from jaxvision.training import reporting, sharding
-from jaxvision.training.task import Task
+from jaxvision.training import optim, reporting, sharding
+from jaxvision.training.task import Task, compute_dtype
 
 CONFIG_FILE = "config.json"
 
@@ -97,12 +100,87 @@ _POSITIVE_FIELDS = {"batch_size": 1, "eval_batch_size": 1, "keep_checkpoints": 1
                     "log_every_steps": 1}
 
 
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _fields(config: ml_collections.ConfigDict, prefix: str = "config") -> Iterator[tuple]:
+  """``(dotted name, key, value)`` of every field of ``config``, nested ones included."""
+  for key, value in config.items():
+    yield f"{prefix}.{key}", key, value
+    if isinstance(value, ml_collections.ConfigDict):
+      yield from _fields(value, f"{prefix}.{key}")
+
+
 def check_run_config(config: ml_collections.ConfigDict) -> None:
-  """Raises a clear error for run settings out of range (before any data is prepared)."""
+  """Raises a one-line ValueError naming the field, the range expected and the value found for
+  run settings that cannot work (called first, before any data is prepared or the workdir is
+  created):
+
+  * ``batch_size``, ``eval_batch_size``, ``keep_checkpoints``, ``log_every_steps``: integers
+    >= 1;
+  * the run's length: ``num_train_steps`` an integer, and > 0 unless ``num_epochs`` (a number
+    > 0) gives the length;
+  * every optimizer (``optimizer``, ``g_optimizer``, ... : ``optim.check_config``): known name,
+    schedule and fields, ``learning_rate`` > 0 and the other values in range;
+  * every ``dropout_rate`` (``model.dropout_rate``, ...): a number in [0, 1);
+  * ``dtype`` a known compute dtype; ``num_devices`` (when set) at most the devices there are,
+    and dividing ``batch_size``.
+  """
   for name, lowest in _POSITIVE_FIELDS.items():
     value = config.get(name)
-    if value is not None and not (isinstance(value, int) and value >= lowest):
+    if value is not None and not (_is_int(value) and value >= lowest):
       raise ValueError(f"config.{name} must be an integer >= {lowest}; found {value!r}")
+  steps = config.get("num_train_steps", -1)
+  if not _is_int(steps):
+    raise ValueError(f"config.num_train_steps must be an integer (> 0, or -1 to use "
+                     f"num_epochs); found {steps!r}")
+  if steps <= 0:
+    if "num_epochs" in config:
+      epochs = config.num_epochs
+      if not (isinstance(epochs, (int, float)) and not isinstance(epochs, bool)
+              and math.isfinite(epochs) and epochs > 0):
+        raise ValueError(f"config.num_epochs must be > 0 (or set config.num_train_steps > 0); "
+                         f"found num_epochs={epochs!r}")
+    elif "num_train_steps" in config:
+      raise ValueError(f"config.num_train_steps must be an integer > 0; found {steps!r}")
+  for where, key, value in _fields(config):
+    if isinstance(value, ml_collections.ConfigDict) and (key == "optimizer"
+                                                         or key.endswith("_optimizer")):
+      optim.check_config(value, where)
+    elif key == "dropout_rate" or key.endswith("_dropout_rate"):
+      if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+              and 0 <= value < 1):
+        raise ValueError(f"{where} must be in [0, 1); found {value!r}")
+  compute_dtype(config)
+  if config.get("batch_size") is not None:
+    sharding.check_batch_size(config.batch_size, sharding.make_mesh(config.get("num_devices")))
+
+
+def check_workdir(workdir) -> pathlib.Path:
+  """The resolved ``workdir`` after checking that a run can write there, before any data is
+  prepared: it is a folder (or does not exist yet and its nearest existing parent is a
+  folder), and that folder is writable.
+
+  Raises:
+    NotADirectoryError: the workdir, or a parent of it, is a file.
+    PermissionError: the folder cannot be written.
+  """
+  workdir = pathlib.Path(workdir).expanduser().resolve()
+  if workdir.exists() and not workdir.is_dir():
+    raise NotADirectoryError(f"--workdir {workdir} is a file; expected a folder (or a path "
+                             f"where one can be created)")
+  existing = workdir
+  while not existing.exists():
+    existing = existing.parent
+  if not existing.is_dir():
+    raise NotADirectoryError(f"--workdir {workdir}: {existing} is a file, so no folder can be "
+                             f"created below it")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    what = "is" if existing == workdir else f"cannot be created: {existing} is"
+    raise PermissionError(f"--workdir {workdir} {what} not writable; choose a folder you can "
+                          f"write to")
+  return workdir
 
 
 @contextlib.contextmanager
@@ -140,10 +218,17 @@ def open_run(task: Task, workdir) -> Iterator[Run]:
   checkpoint writes)."""
   config = task.config
   total_steps = task.total_steps()
-  workdir = pathlib.Path(workdir).resolve()
-  if workdir.exists() and not workdir.is_dir():
-    raise NotADirectoryError(f"--workdir {workdir} is a file; expected a folder")
-  workdir.mkdir(parents=True, exist_ok=True)
+  if total_steps < 1:
+    raise ValueError(f"this run has {total_steps} train steps (config.num_epochs="
+                     f"{config.get('num_epochs')!r}, num_train_steps="
+                     f"{config.get('num_train_steps')!r}); expected at least 1")
+  workdir = check_workdir(workdir)
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / ".lock").touch()
+  except OSError as e:  # e.g. a read-only file system, which os.access does not see
+    raise PermissionError(f"--workdir {workdir} cannot be written ({e.strerror or e}); choose "
+                          f"a folder you can write to") from None
   mesh = sharding.make_mesh(config.get("num_devices"))
   sharding.check_batch_size(config.batch_size, mesh)
   with workdir_lock(workdir):
@@ -168,6 +253,32 @@ def save_config(config: ml_collections.ConfigDict, workdir) -> None:
   tmp = path.with_suffix(".json.tmp")
   tmp.write_text(json.dumps(config.to_dict(), indent=2))
   tmp.replace(path)
+
+
+def _flatten(tree, prefix: str = "") -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, Mapping):
+      out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      out[prefix + key] = value
+  return out
+
+
+def config_changes(workdir, config: ml_collections.ConfigDict, limit: int = 4) -> str:
+  """The fields where ``config`` differs from the workdir's ``config.json``, as
+  ``"a.b (old -> new), ..."`` (at most ``limit`` named, then a count); ``""`` when equal or
+  when the workdir has no readable ``config.json``."""
+  try:
+    stored = json.loads((pathlib.Path(workdir) / CONFIG_FILE).read_text())
+  except (OSError, ValueError):
+    return ""
+  old, new = _flatten(stored), _flatten(json.loads(json.dumps(config.to_dict())))
+  unset = "<unset>"
+  keys = sorted(k for k in old.keys() | new.keys() if old.get(k, unset) != new.get(k, unset))
+  named = [f"{k} ({old.get(k, unset)!r} -> {new.get(k, unset)!r})" for k in keys[:limit]]
+  more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+  return ", ".join(named) + more
 
 
 def load_config(workdir) -> ml_collections.ConfigDict:
@@ -277,6 +388,7 @@ def train(task: Task, workdir) -> dict:
   """
   config = task.config
   check_run_config(config)
+  check_workdir(workdir)
   task.prepare()
   with open_run(task, workdir) as run:
     mesh, start_step, total_steps = run.mesh, run.start_step, run.total_steps
@@ -305,6 +417,10 @@ def train(task: Task, workdir) -> dict:
             f"--workdir, or --mode=evaluate to evaluate what it holds")
       logging.info("resumed from %s at step %d", run.checkpointer.directory, start_step)
       print(f"Resuming from step {start_step} of {total_steps} ({run.checkpointer.directory})")
+      changed = config_changes(run.workdir, config)
+      if changed:
+        print(f"Note: this config differs from the workdir's {CONFIG_FILE} in {changed}; "
+              f"{CONFIG_FILE} and results.json will record this one")
     save_config(config, run.workdir)  # only once the checkpoint is known to fit this config
     run.batches, run._next_batch = batches, first  # pylint: disable=protected-access
     state = task.on_start(run, state)

@@ -1,6 +1,7 @@
 """CocoFolder: tiny-coco against pycocotools' reading of the JSON; synthetic folders for errors."""
 
 import json
+import os
 import pathlib
 
 import numpy as np
@@ -189,3 +190,47 @@ def test_missing_image_file_or_folder_raise_file_not_found(tmp_path):
     coco.CocoFolder(tmp_path / "empty", data_dir=tmp_path / "tfds")
   with pytest.raises(FileNotFoundError, match="does not exist"):
     coco.CocoFolder(tmp_path / "nope", data_dir=tmp_path / "tfds")
+
+
+def test_truncated_jpeg_is_skipped_with_a_warning_naming_it(tmp_path):
+  import tensorflow as tf
+  folder = write_coco(tmp_path / "syn", [ann(1, 11, 1, [1, 1, 5, 5]), ann(2, 12, 3, [2, 2, 9, 9])])
+  bad = folder / "train2017" / "12.jpg"
+  noise = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+  PIL.Image.fromarray(noise).save(bad, quality=95)
+  bad.write_bytes(bad.read_bytes()[:int(bad.stat().st_size * 0.4)])
+  with PIL.Image.open(bad) as im:
+    assert im.size == (60, 40)  # the header reads: a header-only check passes it
+  with pytest.raises(tf.errors.InvalidArgumentError):  # what the input pipeline would meet
+    tf.io.decode_jpeg(bad.read_bytes())
+  with pytest.warns(voc.DetectionDataWarning, match=r"12\.jpg is not a readable image "
+                    r"\(OSError: image file is truncated.*image skipped"):
+    examples, info = load(folder, tmp_path)
+  assert sorted(examples) == [11] and info.num_examples == {"train": 1}
+  (message,) = info.skipped_images["train"]
+  assert "instances_train2017.json" in message and str(bad) in message
+  np.testing.assert_allclose(examples[11]["objects"]["bbox"], [[1 / 40, 1 / 60, 6 / 40, 6 / 60]],
+                             atol=1e-6)
+
+
+def test_annotation_json_edited_in_place_is_prepared_again(tmp_path):
+  folder = write_coco(tmp_path / "syn", [ann(1, 11, 1, [10, 5, 20, 10])])
+  path = folder / "instances_train2017.json"
+  examples, info = load(folder, tmp_path)
+  np.testing.assert_allclose(examples[11]["objects"]["bbox"], [[5 / 40, 10 / 60, 15 / 40, 30 / 60]],
+                             atol=1e-6)
+  stat = path.stat()
+  edited = path.read_text().replace("[10, 5, 20, 10]", "[12, 5, 20, 10]")
+  assert len(edited) == stat.st_size
+  path.write_text(edited)
+  os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, same mtime
+  examples, again = load(folder, tmp_path)
+  np.testing.assert_allclose(examples[11]["objects"]["bbox"], [[5 / 40, 12 / 60, 15 / 40, 32 / 60]],
+                             atol=1e-6)
+  assert again.builder.data_dir != info.builder.data_dir
+  # An image replaced by another of the same size (its mtime changes) is seen too.
+  image = folder / "train2017" / "11.jpg"
+  PIL.Image.new("RGB", (60, 40), (200, 0, 0)).save(image)
+  os.utime(image, ns=(1, stat.st_mtime_ns + 10**9))
+  _, third = load(folder, tmp_path)
+  assert third.builder.data_dir not in (info.builder.data_dir, again.builder.data_dir)

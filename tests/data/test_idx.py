@@ -159,3 +159,32 @@ def test_real_mnist_headers_and_labels(mnist_dir):
   counts = np.bincount(idx.read_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz"))
   # The official MNIST test set's class counts.
   np.testing.assert_array_equal(counts, [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009])
+
+
+def test_labels_edited_without_changing_the_gz_size_are_prepared_again(tmp_path):
+  import os
+  folder = tmp_path / "synth"
+  images, labels = make_folder(folder)["train"]
+  path = folder / "train-labels-idx1-ubyte.gz"
+
+  def write_stored(values):  # gzip without compression: the size depends on the length only
+    with gzip.open(path, "wb", compresslevel=0) as f:
+      f.write(struct.pack(">II", 0x801, len(values)) + values.astype(np.uint8).tobytes())
+
+  def train_labels():
+    builder = idx.idx_builder(folder, data_dir=tmp_path / "tfds")
+    builder.download_and_prepare()
+    got = tfds.as_numpy(builder.as_dataset(split="train", batch_size=-1))
+    return builder.data_dir, got["label"][np.argsort(got["image"][:, 0, 0, 0])]
+
+  write_stored(labels)
+  first_dir, first = train_labels()
+  np.testing.assert_array_equal(first, labels)
+  stat = path.stat()
+  edited = (labels + 1) % 10
+  write_stored(edited)
+  os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+  assert path.stat().st_size == stat.st_size and path.stat().st_mtime_ns == stat.st_mtime_ns
+  second_dir, second = train_labels()
+  np.testing.assert_array_equal(second, edited)
+  assert second_dir != first_dir

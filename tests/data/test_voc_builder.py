@@ -1,5 +1,6 @@
 """VocFolder: BCCD against its XML and README figures; synthetic folders for the error paths."""
 
+import os
 import pathlib
 import warnings
 import xml.etree.ElementTree as ET
@@ -221,10 +222,13 @@ def test_same_folder_name_in_two_places_never_collides(tmp_path, monkeypatch):
   assert info1.builder.builder_config.name.startswith("data_")
   assert (info1.class_names, info1.num_examples) == (("cat",), {"train": 1})
   assert (info2.class_names, info2.num_examples) == (("dog",), {"train": 2})
-  # Reloading restores class names from the prepared records, without re-reading the XML.
-  (one / "Annotations" / "a.xml").write_text("not xml")
-  _, again = det.load_detection_dataset(one, "train")
+  # Reloading an unchanged folder restores class names from the prepared records, without
+  # parsing the XML again.
+  with monkeypatch.context() as m:
+    m.setattr(voc, "parse_voc_xml", lambda path: pytest.fail(f"parsed {path}"))
+    _, again = det.load_detection_dataset(one, "train")
   assert again.class_names == ("cat",)
+  assert again.builder.data_dir == info1.builder.data_dir
 
 
 def test_load_by_name_under_data_root_and_format_detection(tmp_path, monkeypatch):
@@ -254,3 +258,64 @@ def test_builder_pickles_and_features_match_tfds_voc_names(tmp_path):
   with warnings.catch_warnings():
     warnings.simplefilter("error", voc.DetectionDataWarning)  # clean data: no warning
     prepare(write_voc(tmp_path / "clean", {"a": [("cat", 0, 0, 60, 40)]}), tmp_path / "tfds")
+
+
+def truncate_to_a_readable_header(path, fraction=0.4):
+  """Overwrites the JPEG at ``path`` with a noisy image cut to ``fraction`` of its bytes; the
+  header still reads (the size is known) but the compressed data ends early."""
+  with PIL.Image.open(path) as im:
+    size = im.size
+  noise = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+  PIL.Image.fromarray(noise).save(path, quality=95)
+  data = path.read_bytes()
+  path.write_bytes(data[:int(len(data) * fraction)])
+  with PIL.Image.open(path) as im:
+    assert im.size == size  # what a header-only check sees: a fine image
+
+
+def test_truncated_jpeg_is_skipped_with_a_warning_naming_it(tmp_path):
+  import tensorflow as tf
+  folder = write_voc(tmp_path / "syn", {"good": [("cat", 1, 1, 5, 5)],
+                                        "bad": [("cat", 2, 2, 9, 9)]},
+                     splits={"train": ["good", "bad"], "val": ["good"]})
+  bad = folder / "JPEGImages" / "bad.jpg"
+  truncate_to_a_readable_header(bad)
+  with pytest.raises(tf.errors.InvalidArgumentError):  # what the input pipeline would meet
+    tf.io.decode_jpeg(bad.read_bytes())
+  with pytest.warns(voc.DetectionDataWarning, match=r"bad\.jpg is not a readable image "
+                    r"\(OSError: image file is truncated.*image skipped"):
+    ds, info = det.load_detection_dataset(folder, "train", data_dir=tmp_path / "tfds")
+  assert info.num_examples == {"train": 1, "val": 1}
+  assert [len(info.skipped_images[s]) for s in ("train", "val")] == [1, 0]
+  assert "bad.xml" in info.skipped_images["train"][0]
+  (example,) = list(ds.map(det.from_tfds).as_numpy_iterator())  # decodes without an error
+  assert example["image"].shape == (40, 60, 3)
+  np.testing.assert_allclose(example["boxes"], [[1, 1, 5, 5]], atol=1e-4)
+  # A split left with no readable image is an error naming its split file and the image.
+  (folder / "ImageSets" / "Main" / "val.txt").write_text("bad\n")
+  with pytest.warns(voc.DetectionDataWarning), pytest.raises(
+      ValueError, match=r"val\.txt: split 'val' has no readable image: all 1 of its images are "
+      r"unreadable, e\.g\. .*bad\.jpg"):
+    det.load_detection_dataset(folder, "val", data_dir=tmp_path / "tfds")
+
+
+def test_annotation_edited_in_place_is_prepared_again(tmp_path):
+  folder = write_voc(tmp_path / "syn", {"a": [("cat", 1, 1, 5, 5)]})
+  xml = folder / "Annotations" / "a.xml"
+  ds, info = det.load_detection_dataset(folder, "train", data_dir=tmp_path / "tfds")
+  (before,) = list(ds.map(det.from_tfds).as_numpy_iterator())
+  np.testing.assert_allclose(before["boxes"], [[1, 1, 5, 5]], atol=1e-4)
+  stat = xml.stat()
+  edited = xml.read_text().replace("<xmin>1</xmin>", "<xmin>3</xmin>")
+  assert len(edited) == stat.st_size
+  xml.write_text(edited)
+  os.utime(xml, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same size, same mtime
+  ds, again = det.load_detection_dataset(folder, "train", data_dir=tmp_path / "tfds")
+  (after,) = list(ds.map(det.from_tfds).as_numpy_iterator())
+  np.testing.assert_allclose(after["boxes"], [[3, 1, 5, 5]], atol=1e-4)
+  assert again.builder.data_dir != info.builder.data_dir
+  # A split file edited in place is seen too.
+  write_voc(folder, {"b": [("dog", 1, 1, 5, 5)]}, splits={"train": ["b"]})
+  _, third = det.load_detection_dataset(folder, "train", data_dir=tmp_path / "tfds")
+  assert third.num_examples == {"train": 1} and third.class_names == ("cat", "dog")
+  assert len({info.builder.data_dir, again.builder.data_dir, third.builder.data_dir}) == 3

@@ -191,6 +191,14 @@ def test_predict_needs_a_positive_top_k(tmp_path):
   task = classification.ClassificationTask(_config())
   with pytest.raises(ValueError, match="top_k must be a positive number of labels; found 0"):
     task.predict(tmp_path, images=["a.png"], top_k=0)
+  probs = np.array([[0.1, 0.6, 0.3]])
+  for bad in (0, -1, 1.5, True):  # -1 would otherwise slice away the last label
+    with pytest.raises(ValueError, match=rf"top_k must be a positive number of labels; found "
+                                         rf"{bad!r}"):
+      classification.top_k_labels(probs, ["a", "b", "c"], bad)
+  (record,) = classification.top_k_labels(probs, ["a", "b", "c"], 5)
+  assert [(r["label"], r["probability"]) for r in record["top_k"]] == [("b", 0.6), ("c", 0.3),
+                                                                        ("a", 0.1)]
 
 
 def test_init_from_another_workdir_with_a_frozen_backbone(tmp_path, capsys):

@@ -307,6 +307,16 @@ def test_cli_train_and_generate(tmp_path):
   assert out.returncode != 0 and "not available for config.task 'gan'" in out.stderr
 
 
+def test_a_run_without_a_classifier_warns_once(capfd, caplog):
+  task = gan.GANTask(_config())
+  with caplog.at_level("WARNING"):
+    task.prepare()
+  out, err = capfd.readouterr()
+  assert out.count("classifier_workdir is not set") == 1
+  assert "classifier_workdir" not in err
+  assert not [r for r in caplog.records if "classifier_workdir" in r.getMessage()]
+
+
 def test_classifier_workdir_without_a_finished_run_is_a_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match="no results.json in classifier workdir"):
     _train(_config(classifier_workdir=str(tmp_path / "cls")), tmp_path / "run")

@@ -8,7 +8,7 @@ import pytest
 
 from jaxvision import models, tasks
 from jaxvision.data import preprocess
-from jaxvision.training import optim
+from jaxvision.training import optim, trainer
 
 CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).resolve().parents[2] / "train" /
                                   "configs").glob("*.py") if p.stem not in ("__init__", "common"))
@@ -23,6 +23,9 @@ def test_config_builds(name, variant):
   config = module.get_config(variant) if variant else module.get_config()
   task = tasks.create_task(config)
   assert task.name == config.get("task", "classification")
+  one_device = config.copy_and_resolve_references()
+  one_device.num_devices = 1  # the tests see 8 CPU devices; small detection batches need fewer
+  trainer.check_run_config(one_device)  # the run settings, every optimizer, dropout in range
   for key in ("pp_train", "pp_eval"):
     if key in config:
       preprocess.parse(config[key])

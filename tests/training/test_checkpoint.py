@@ -44,6 +44,22 @@ def test_keeps_latest_n_plus_best(tmp_path):
   ckpt.close()
 
 
+def test_an_unranked_save_logs_no_orbax_warning(tmp_path, caplog):
+  """A save between evaluations has no metrics on purpose: Orbax's "Requested `tracked_metric`;
+  did not provide metrics." is not logged for it, and other warnings still are."""
+  from absl import logging as absl_logging
+  ckpt = checkpoint.Checkpointer(tmp_path, best_metric="accuracy")
+  with caplog.at_level("WARNING", logger="absl"):
+    ckpt.save(1, _state(), META)
+    ckpt.save(2, _state(), META, metrics={"accuracy": 0.5})
+    ckpt.wait()
+    absl_logging.warning("Requested `tracked_metric`; did not provide metrics.")
+  ckpt.close()
+  assert [r.getMessage() for r in caplog.records] == [
+      "Requested `tracked_metric`; did not provide metrics."]  # ours, after the saves
+  assert sorted(ckpt.all_steps()) == [1, 2]
+
+
 def test_restoring_another_class_count_names_the_mismatch(tmp_path):
   ckpt = checkpoint.Checkpointer(tmp_path)
   ckpt.save(1, _state(num_classes=10), META)

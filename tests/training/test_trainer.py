@@ -197,6 +197,19 @@ def test_run_settings_out_of_range_fail_before_any_work(tmp_path, field, value):
   assert not (tmp_path / "run").exists()
 
 
+def test_resuming_with_another_config_names_the_changed_fields(tmp_path, capsys):
+  tasks.register_task(ToyRegression)
+  trainer.train(tasks.create_task(_config(num_train_steps=4)), tmp_path)
+  capsys.readouterr()
+  trainer.train(tasks.create_task(_config(num_train_steps=4)), tmp_path)  # the same: no note
+  assert "Note:" not in capsys.readouterr().out
+  trainer.train(tasks.create_task(_config(num_train_steps=6, log_every_steps=3)), tmp_path)
+  lines = capsys.readouterr().out.splitlines()
+  assert ("Note: this config differs from the workdir's config.json in log_every_steps (2 -> 3), "
+          "num_train_steps (4 -> 6); config.json and results.json will record this one") in lines
+  assert json.loads((tmp_path / "results.json").read_text())["config"]["log_every_steps"] == 3
+
+
 def _damage(workdir, step):
   """Truncates every array file of checkpoint ``step`` to 40% of its bytes."""
   files = [f for f in (workdir / "checkpoints" / str(step) / "state").rglob("*")

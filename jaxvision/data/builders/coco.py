@@ -25,7 +25,13 @@ Label ``i`` is COCO category ``info.metadata["category_ids"][i]`` (all categorie
 JSON, used or not, so tiny-coco keeps COCO's 80 classes); evaluation maps predictions back
 with it. Boxes are clipped/dropped as in ``voc.py`` (``DetectionDataWarning``, recorded in
 ``info.metadata["clipped_boxes"/"dropped_boxes"]``). Images without annotations are kept
-with empty ``objects``.
+with empty ``objects``. Every image is decoded in full when preparing: one whose content does
+not decode (a truncated JPEG) is skipped with a ``DetectionDataWarning`` naming the file
+(``info.metadata["skipped_images"]``); a missing image file is an error.
+
+Prepared records are keyed by content (:func:`coco_content_key`: the JSON files and every
+file of the image folders), so editing an annotation file or an image in place prepares the
+folder again, into a new directory.
 
 Note: the JSON is parsed whenever the builder is constructed before its data is prepared
 (for the category list); once prepared, names and ids are restored from the prepared dir.
@@ -42,7 +48,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxvision.data.builders import voc
+from jaxvision.data.builders import local, voc
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -82,6 +88,18 @@ def discover_coco_splits(root: pathlib.Path) -> tuple[tuple[str, str, str], ...]
       name = _norm(stem)
     splits[name] = (str(path.resolve()), str(matches[0].resolve()))
   return tuple((s, a, i) for s, (a, i) in sorted(splits.items()))
+
+
+def coco_content_key(split_triples: tuple[tuple[str, str, str], ...]) -> list[str]:
+  """Lines identifying the content of a COCO folder's splits: each annotation JSON by a hash
+  of its bytes when up to 1 MiB, else by size and modification time, and every file in the
+  image folders by size and modification time (``local.file_stamp``)."""
+  key = []
+  for split, ann, image_dir in split_triples:
+    key.append(f"{split}\t{ann}\t{local.file_stamp(ann)}")
+    key += [f"{split}\t{image_dir}/{line}"
+            for line in local.folder_stamps(image_dir, suffixes=IMAGE_SUFFIXES, hash_up_to=0)]
+  return key
 
 
 def _require(record: Mapping, keys: tuple[str, ...], *, where: str) -> None:
@@ -129,7 +147,7 @@ def coco_categories(data: dict, *, path: pathlib.Path) -> tuple[tuple[int, ...],
   return ids, names
 
 
-class CocoFolder(tfds.core.GeneratorBasedBuilder):
+class CocoFolder(local.LocalBuilder):
   """COCO instances JSON + image folder -> TFDS records, one builder config per folder.
 
   Usage::
@@ -168,7 +186,8 @@ class CocoFolder(tfds.core.GeneratorBasedBuilder):
           raise FileNotFoundError(f"COCO annotation file {ann} not found")
         if not pathlib.Path(img).is_dir():
           raise FileNotFoundError(f"COCO image folder {img} not found")
-      config = voc.make_folder_config(root, splits=split_triples)
+      config = voc.make_folder_config(root, splits=split_triples,
+                                      content=coco_content_key(split_triples))
     self._json_cache: dict[str, dict] = {}
     super().__init__(config=config, **kwargs)
 
@@ -232,9 +251,14 @@ class CocoFolder(tfds.core.GeneratorBasedBuilder):
       per_image[ann["image_id"]].append((i, ann))
 
     log = voc.BoxLog()
+    num_yielded = 0
     for image_id, image in images.items():
       image_path = image_dir / image["file_name"]
-      height, width = voc.image_size(image_path, referenced_by=ann_path)
+      try:
+        height, width = voc.image_size(image_path, referenced_by=ann_path)
+      except voc.UnreadableImageError as e:
+        voc.skip_image(e, log=log)
+        continue
       json_hw = (image["height"], image["width"])
       if json_hw != (height, width):
         raise ValueError(f"{ann_path}: image {image_id} is {json_hw[1]}x{json_hw[0]} (w x h) in "
@@ -253,6 +277,7 @@ class CocoFolder(tfds.core.GeneratorBasedBuilder):
         objects["bbox"].append(voc.normalized_bbox(box, height=height, width=width))
         objects["label"].append(label_of[ann["category_id"]])
         objects["is_crowd"].append(bool(ann.get("iscrowd", 0)))
+      num_yielded += 1
       yield int(image_id), {
           "image": image_path,
           "image/filename": image["file_name"],
@@ -261,5 +286,6 @@ class CocoFolder(tfds.core.GeneratorBasedBuilder):
           "image/width": width,
           "objects": objects,
       }
+    voc.check_not_empty(num_yielded, split=split, source=ann_path, log=log)
     voc.record_box_log(self, split, log)
 

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from jaxvision.data import datasets, paths
+from jaxvision.data.builders import local
 
 CLASS_NAMES = tuple(str(i) for i in range(10))
 IMAGE_SHAPE = (8, 8, 1)
@@ -47,7 +48,7 @@ def load_digits_splits() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
   }
 
 
-class Digits(tfds.core.GeneratorBasedBuilder):
+class Digits(local.LocalBuilder):
   """scikit-learn's 8x8 handwritten digits: train 1437 / test 360 (stratified, seed 0)."""
 
   name = "jaxvision_digits"

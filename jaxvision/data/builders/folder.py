@@ -2,8 +2,10 @@
 
 One builder class can serve many folders (MNIST and Fashion-MNIST are both IDX folders): each
 folder becomes its own ``BuilderConfig`` named ``<basename>_<12 hex digits>``, where the digest
-covers the absolute path, the sizes of the required files and the class names. Prepared records
-of different folders, of a changed folder, or of another labelling therefore never collide.
+covers the absolute path, the content of the required files (``local.file_stamp``: a hash of
+each small file such as a label file, size and modification time of larger ones) and the class
+names. Prepared records of different folders, of a folder edited in place, or of another
+labelling therefore never collide: an edit is prepared again, into a new directory.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Sequence
 import tensorflow_datasets as tfds
 
 from jaxvision.data import paths
+from jaxvision.data.builders import local
 
 
 @dataclasses.dataclass(eq=False)
@@ -59,7 +62,7 @@ def folder_config(folder: pathlib.Path, required: Sequence[str], class_names: Se
   names = tuple(class_names)
   if not names or len(set(names)) != len(names):
     raise ValueError(f"class_names must be non-empty and unique, got {names}")
-  key = [str(folder)] + [f"{f}:{(folder / f).stat().st_size}" for f in required] + list(names)
+  key = [str(folder)] + [f"{f}:{local.file_stamp(folder / f)}" for f in required] + list(names)
   return FolderConfig(
       name=config_name(folder, key),
       description=f"{what} folder {folder}",
@@ -69,7 +72,7 @@ def folder_config(folder: pathlib.Path, required: Sequence[str], class_names: Se
   )
 
 
-class FolderBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class FolderBuilder(local.LocalBuilder, skip_registration=True):
   """Base of builders whose data is a local folder given by a :class:`FolderConfig`.
 
   Features as TFDS's ``mnist``: ``image`` uint8 ``[H, W, C]`` and ``label`` ``ClassLabel``.

@@ -10,9 +10,10 @@ bytes, a type code (0x08 = uint8), the number of dimensions ``d``, then ``d`` ui
 followed by the row-major data.
 
 One builder class serves every folder: each folder is its own ``BuilderConfig`` named
-``<basename>_<hash>`` where the hash covers the absolute path, the file sizes and the class
-names (see :mod:`jaxvision.data.builders.folder`), so MNIST and Fashion-MNIST prepared records
-never collide. Features match TFDS's
+``<basename>_<hash>`` where the hash covers the absolute path, the files' content (a hash of
+files up to 1 MiB, such as the label files; size and mtime of larger ones) and the class names (see
+:mod:`jaxvision.data.builders.folder`), so MNIST and Fashion-MNIST prepared records never
+collide and an edited folder is prepared again. Features match TFDS's
 ``mnist``: ``image`` uint8 ``[H, W, C]`` (PNG-encoded on disk) and ``label`` ``ClassLabel``.
 Splits: ``train`` (from ``train-*``) and ``test`` (from ``t10k-*``).
 

@@ -21,6 +21,15 @@ boxes with zero area (after clipping) are dropped. Both emit a ``DetectionDataWa
 the file and the box, and are recorded in ``info.metadata["clipped_boxes"/"dropped_boxes"]``
 per split, so they never crash preparation and are never trained on.
 
+Every image is decoded in full when the records are prepared (the records keep the file's
+bytes, which the input pipeline decodes later): an image whose content does not decode (a
+truncated or corrupt JPEG) is skipped with a ``DetectionDataWarning`` naming the file and
+recorded in ``info.metadata["skipped_images"]``, rather than stopping the input pipeline
+mid-training with a decoder error that names no file. A missing image file is an error.
+
+Prepared records are keyed by the folder's content (see :func:`voc_content_key`): editing an
+annotation, a split file or an image in place prepares the folder again, into a new directory.
+
 This module also holds what the local folder builders share (``coco.py`` imports it): the
 warning class, the per-folder ``BuilderConfig`` and the box sanitizer.
 """
@@ -39,6 +48,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
+
+from jaxvision.data.builders import local
 
 VOC_SPLITS = ("train", "val", "test")
 # Boxes may overshoot the image border by this many pixels (annotation tools round) and are
@@ -67,11 +78,14 @@ class FolderConfig(tfds.core.BuilderConfig):
 
 
 def make_folder_config(source_dir, *, class_names: Sequence[str] | None = None,
-                       splits: tuple[tuple[str, str, str], ...] = ()) -> FolderConfig:
+                       splits: tuple[tuple[str, str, str], ...] = (),
+                       content: Sequence[str] = ()) -> FolderConfig:
   """Returns a config named ``<folder>_<hash>``: the folder name plus a hash of its absolute path.
 
-  The hash also covers ``class_names`` and ``splits``, so two folders (or two class lists for
-  one folder) never share prepared records under the same TFDS data dir.
+  The hash also covers ``class_names``, ``splits`` and ``content`` (lines that identify the
+  source files' content, e.g. :func:`voc_content_key`), so two folders, two class lists for one
+  folder, or a folder before and after an edit never share prepared records under the same
+  TFDS data dir.
   """
   path = pathlib.Path(source_dir).expanduser().resolve()
   if not path.is_dir():
@@ -80,7 +94,7 @@ def make_folder_config(source_dir, *, class_names: Sequence[str] | None = None,
     class_names = tuple(str(n) for n in class_names)
     if not class_names or len(set(class_names)) != len(class_names):
       raise ValueError(f"class_names must be a non-empty list of distinct names, got {class_names}")
-  key = repr((str(path), class_names, splits)).encode()
+  key = repr((str(path), class_names, splits, tuple(content))).encode()
   digest = hashlib.sha256(key).hexdigest()[:10]
   stem = re.sub(r"[^a-z0-9]+", "_", path.name.lower()).strip("_") or "root"
   return FolderConfig(name=f"{stem}_{digest}", description=f"Local detection data from {path}",
@@ -92,29 +106,57 @@ def is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
   return (pathlib.Path(builder.data_path) / "dataset_info.json").exists()
 
 
-def image_size(path: pathlib.Path, *, referenced_by: pathlib.Path) -> tuple[int, int]:
-  """Returns ``(height, width)`` of an image file, reading only its header.
+class UnreadableImageError(ValueError):
+  """An image file whose header or content does not decode (the message names the file)."""
+
+
+# What PIL raises on a bad file: UnidentifiedImageError (an OSError) for an unknown format,
+# OSError for truncated data, SyntaxError for broken PNG chunks, ValueError/EOFError for
+# broken headers, DecompressionBombError for absurd sizes.
+_UNREADABLE = (OSError, SyntaxError, ValueError, EOFError, PIL.Image.DecompressionBombError)
+
+
+def image_size(path: pathlib.Path, *, referenced_by: pathlib.Path,
+               decode: bool = True) -> tuple[int, int]:
+  """Returns ``(height, width)`` of an image file, after decoding it in full (``decode``;
+  JPEGs at 1/8 scale, which still reads every byte of the compressed data) or reading only
+  its header.
 
   Raises:
     FileNotFoundError: the file does not exist (the message names ``referenced_by``).
-    ValueError: the file is not a readable image.
+    UnreadableImageError: the file is not a readable image, or (``decode``) its content is
+      truncated or corrupt.
   """
   if not path.is_file():
     raise FileNotFoundError(f"{referenced_by}: image file {path} not found")
   try:
     with PIL.Image.open(path) as im:
       width, height = im.size
-  except (OSError, PIL.UnidentifiedImageError) as e:
-    raise ValueError(f"{referenced_by}: {path} is not a readable image ({e})") from e
+      if decode:
+        im.draft("RGB", (1, 1))  # JPEG: decode at the smallest DCT scale; others: no-op
+        im.load()
+  except _UNREADABLE as e:
+    raise UnreadableImageError(f"{referenced_by}: {path} is not a readable image "
+                               f"({type(e).__name__}: {e})") from e
   return height, width
 
 
 @dataclasses.dataclass
 class BoxLog:
-  """Per-split records of clipped and dropped boxes (saved in the dataset metadata)."""
+  """Per-split records of clipped and dropped boxes and of skipped (unreadable) images
+  (saved in the dataset metadata)."""
 
   clipped: list[str] = dataclasses.field(default_factory=list)
   dropped: list[str] = dataclasses.field(default_factory=list)
+  skipped_images: list[str] = dataclasses.field(default_factory=list)
+
+
+def skip_image(error: UnreadableImageError, *, log: BoxLog) -> None:
+  """Emits a ``DetectionDataWarning`` that the image named in ``error`` is skipped, and records
+  it in ``log``."""
+  msg = f"{error}; image skipped"
+  warnings.warn(msg, DetectionDataWarning, stacklevel=3)
+  log.skipped_images.append(msg)
 
 
 def sanitize_box(box_xyxy: Sequence[float], *, height: int, width: int, where: str,
@@ -150,11 +192,21 @@ def normalized_bbox(box_xyxy: Sequence[float], *, height: int, width: int) -> tf
                             ymax=min(y1 / height, 1.0), xmax=min(x1 / width, 1.0))
 
 
+def check_not_empty(num_yielded: int, *, split: str, source, log: BoxLog) -> None:
+  """Raises a ValueError naming ``source`` when a split yielded no image (TFDS cannot write an
+  empty split), with the first skipped image if any."""
+  if num_yielded == 0:
+    why = (f"all {len(log.skipped_images)} of its images are unreadable, e.g. "
+           f"{log.skipped_images[0]}" if log.skipped_images else "it lists no image")
+    raise ValueError(f"{source}: split {split!r} has no readable image: {why}")
+
+
 def record_box_log(builder: tfds.core.DatasetBuilder, split: str, log: BoxLog) -> None:
   """Stores ``log`` in ``builder.info.metadata`` (written to metadata.json after preparing)."""
   metadata = builder.info.metadata
   metadata.setdefault("clipped_boxes", {})[split] = log.clipped
   metadata.setdefault("dropped_boxes", {})[split] = log.dropped
+  metadata.setdefault("skipped_images", {})[split] = log.skipped_images
 
 
 def base_features() -> dict:
@@ -244,6 +296,19 @@ def voc_class_names(annotations_dir: pathlib.Path) -> tuple[str, ...]:
   return tuple(sorted(names))
 
 
+def voc_content_key(root: pathlib.Path) -> list[str]:
+  """Lines identifying the content of a VOC folder: every ``Annotations/*.xml`` and
+  ``ImageSets/Main/*.txt`` by a hash of its bytes (when up to 1 MiB) and every file in
+  ``JPEGImages/`` by size and modification time (``local.file_stamp``)."""
+  key = []
+  for sub, suffixes, hash_up_to in (("Annotations", (".xml",), local.HASH_UP_TO_BYTES),
+                                    ("ImageSets/Main", (".txt",), local.HASH_UP_TO_BYTES),
+                                    ("JPEGImages", None, 0)):
+    key += [f"{sub}/{line}" for line in local.folder_stamps(root / sub, suffixes=suffixes,
+                                                            hash_up_to=hash_up_to)]
+  return key
+
+
 def check_voc_folder(root: pathlib.Path) -> None:
   """Raises FileNotFoundError unless ``root`` has Annotations/, JPEGImages/ and ImageSets/Main/."""
   for sub in ("Annotations", "JPEGImages", "ImageSets/Main"):
@@ -253,7 +318,7 @@ def check_voc_folder(root: pathlib.Path) -> None:
           "(Annotations/<id>.xml, JPEGImages/<id>.jpg, ImageSets/Main/{train,val,test}.txt)")
 
 
-class VocFolder(tfds.core.GeneratorBasedBuilder):
+class VocFolder(local.LocalBuilder):
   """Pascal VOC XML folder -> TFDS records, one builder config per folder.
 
   Usage::
@@ -278,7 +343,11 @@ class VocFolder(tfds.core.GeneratorBasedBuilder):
     if config is None:
       if source_dir is None:
         raise ValueError("VocFolder needs source_dir (the VOC folder) or config")
-      config = make_folder_config(source_dir, class_names=class_names)
+      root, content = pathlib.Path(source_dir).expanduser().resolve(), ()
+      if root.is_dir():  # else make_folder_config says it does not exist
+        check_voc_folder(root)
+        content = voc_content_key(root)
+      config = make_folder_config(root, class_names=class_names, content=content)
     check_voc_folder(pathlib.Path(config.source_dir))
     super().__init__(config=config, **kwargs)
 
@@ -322,13 +391,18 @@ class VocFolder(tfds.core.GeneratorBasedBuilder):
     names = set(self.info.features["objects"]["label"].names)
     log = BoxLog()
     ids = [line.strip() for line in split_file.read_text().splitlines() if line.strip()]
+    num_yielded = 0
     for stem in ids:
       xml_path = self._root / "Annotations" / f"{stem}.xml"
       if stem not in id_index:
         raise FileNotFoundError(f"{split_file}: image id {stem!r} has no annotation {xml_path}")
       root, objects = parse_voc_xml(xml_path)
       image_path = self._image_path(stem, root, xml_path)
-      height, width = image_size(image_path, referenced_by=xml_path)
+      try:
+        height, width = image_size(image_path, referenced_by=xml_path)
+      except UnreadableImageError as e:
+        skip_image(e, log=log)
+        continue
       size = root.find("size")
       if size is not None and size.find("width") is not None:
         xml_hw = (int(_number(size, "height", where=str(xml_path))),
@@ -344,6 +418,7 @@ class VocFolder(tfds.core.GeneratorBasedBuilder):
         box = sanitize_box(obj["box"], height=height, width=width, where=obj["where"], log=log)
         if box is not None:
           kept.append((obj, box))
+      num_yielded += 1
       yield stem, {
           "image": image_path,
           "image/filename": image_path.name,
@@ -357,6 +432,7 @@ class VocFolder(tfds.core.GeneratorBasedBuilder):
               "is_truncated": [o["is_truncated"] for o, _ in kept],
           },
       }
+    check_not_empty(num_yielded, split=split, source=split_file, log=log)
     record_box_log(self, split, log)
 
   def _image_path(self, stem: str, root: ET.Element, xml_path: pathlib.Path) -> pathlib.Path:

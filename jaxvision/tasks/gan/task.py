@@ -45,11 +45,10 @@ import ml_collections
 import numpy as np
 import tqdm
 from PIL import Image
-from absl import logging
 
 from jaxvision import data
 from jaxvision import export as export_lib
-from jaxvision.data import pipeline
+from jaxvision.data import pipeline, preprocess
 from jaxvision.models import gan as gan_models
 from jaxvision.tasks.gan import clustering, steps as gan_steps
 from jaxvision.tasks.gan.quality import QualityEvaluator, summary_line
@@ -389,6 +388,13 @@ class GANTask(Task):
   def prepare(self):
     config = self.config
     self.total_steps()
+    for table, cfg, what in ((GENERATORS, config.generator, "generator"),
+                             (DISCRIMINATORS, config.discriminator, "discriminator")):
+      if cfg.name not in table:  # before any data is prepared
+        raise ValueError(f"config.{what}.name must be one of {sorted(table)}; found "
+                         f"{cfg.name!r}")
+    num_clusters(config)
+    preprocess.parse(config.pp_train)  # an unknown op or bad argument fails before any data
     self.builder, self.info = data.get_dataset(config.dataset, data_dir=config.get("data_dir"))
     self.class_names = _class_names(config, self.info)
     if config.get("classifier_workdir"):
@@ -397,7 +403,6 @@ class GANTask(Task):
           checkpoint=config.get("classifier_checkpoint", "best"),
           num_real=config.num_real_samples, batch_size=config.eval_batch_size)
     else:
-      logging.warning("config.classifier_workdir is not set: sample quality is not measured")
       print("Warning: config.classifier_workdir is not set; sample-quality metrics are "
             "skipped.")
 
