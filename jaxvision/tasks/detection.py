@@ -261,6 +261,13 @@ class DetectionTask(Task):
 
   def prepare(self):
     config = self.config
+    if config.model.get("name") not in det_models.DETECTORS:
+      raise ValueError(f"config.model.name must be one of {sorted(det_models.DETECTORS)}; "
+                       f"found {config.model.get('name')!r}")
+    backbone = config.model.get("backbone")
+    if backbone is not None and backbone.get("name") not in det_models.BACKBONES:
+      raise ValueError(f"config.model.backbone.name must be one of "
+                       f"{sorted(det_models.BACKBONES)}; found {backbone.get('name')!r}")
     if config.get("num_train_steps", -1) <= 0 and not config.get("num_epochs", 0) > 0:
       raise ValueError(f"config.num_epochs must be > 0 (or set config.num_train_steps > 0); "
                        f"found num_epochs={config.get('num_epochs')!r}")

@@ -251,3 +251,14 @@ def test_coco_faster_rcnn_vgg16_config_runs_on_tiny_coco(tmp_path):
   assert results["eval"]["num_images"] == 16
   assert len(results["eval"]["per_class"]) == 80
   assert results["steps"] == 2
+
+
+def test_unknown_detector_or_backbone_fails_before_any_data(tmp_path):
+  c = tiny_config(tmp_path / "nowhere")
+  c.model.name = "FCOSS"
+  with pytest.raises(ValueError, match="config.model.name must be one of.*'FCOSS'"):
+    detection.DetectionTask(c).prepare()
+  c = tiny_config(tmp_path / "nowhere")
+  c.model.backbone["name"] = "resnet_gm"
+  with pytest.raises(ValueError, match="backbone.name must be one of.*'resnet_gm'"):
+    detection.DetectionTask(c).prepare()
