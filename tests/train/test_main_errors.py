@@ -302,4 +302,4 @@ def test_cli_refuses_fewer_steps_than_a_finished_workdir_and_a_file_workdir(digi
   out = run_cli(f"--workdir={workdir}", "--mode=generate", tfds_dir=tfds_dir)
   assert out.returncode == 1 and out.stderr == (
       "error: --mode=generate is not available for config.task 'classification'; expected one "
-      "of ('train', 'evaluate', 'predict')\n")  # not absl's whole usage text first
+      "of ('train', 'evaluate', 'predict', 'export')\n")  # not absl's whole usage text first
