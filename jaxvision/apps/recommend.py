@@ -313,12 +313,12 @@ class Recommender:
     if k < 1 or mmr_pool < 1:
       raise ValueError(f"expected k >= 1 and mmr_pool >= 1; found k={k}, mmr_pool={mmr_pool}")
     if mmr_lambda is not None and not 0.0 <= mmr_lambda <= 1.0:
-      raise ValueError(f"expected --mmr_lambda in [0, 1]; found {mmr_lambda}")
+      raise ValueError(f"expected mmr_lambda in [0, 1]; found {mmr_lambda}")
     if popularity_weight < 0:
       raise ValueError(f"expected popularity_weight >= 0; found {popularity_weight}")
     seeds = list(range(len(histories))) if seeds is None else list(seeds)
     histories = [np.asarray(h, np.int64) for h in histories]
-    depth = mmr_pool if mmr_lambda is not None else k     # ranked items wanted before MMR
+    depth = max(mmr_pool, k) if mmr_lambda is not None else k   # ranked items before MMR
     name = strategy
     if strategy in ("mean", "multi") and popularity_weight > 0:
       name += f" + popularity (w={popularity_weight:g})"
