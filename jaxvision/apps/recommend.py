@@ -586,7 +586,9 @@ def check_log(log: dict, catalog: store_lib.Embeddings) -> None:
 
 
 def save_log(log: dict, path: str | pathlib.Path) -> None:
-  pathlib.Path(path).write_text(json.dumps(log, separators=(",", ":")))
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text(json.dumps(log, separators=(",", ":")))
 
 
 def load_log(path: str | pathlib.Path) -> dict:
@@ -730,6 +732,7 @@ class _Parser(argparse.ArgumentParser):
 def _emit(obj: dict, out: str | None) -> None:
   text = json.dumps(obj, indent=1)
   if out:
+    pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
     pathlib.Path(out).write_text(text + "\n")
     print(f"wrote {out}", file=sys.stderr)
   else:

@@ -314,9 +314,9 @@ def test_cli_simulate_recommend_evaluate(tmp_path, capsys):
   out = json.loads(capsys.readouterr().out)
   assert out["strategy"] == "popularity (no history)" and out["history_size"] == 0
   assert main(["evaluate", "--store", str(tmp_path / "s"), "--log", str(log), "--k", "5",
-               "--out", str(tmp_path / "eval.json")]) == 0
+               "--out", str(tmp_path / "new" / "eval.json")]) == 0
   assert "popularity: recall@5" in capsys.readouterr().err      # progress on stderr
-  result = json.loads((tmp_path / "eval.json").read_text())
+  result = json.loads((tmp_path / "new" / "eval.json").read_text())
   assert result["simulation"]["num_users"] == 12 and len(result["rows"]) == 12
   for argv, message in [
       (["recommend", "--store", str(tmp_path / "s"), "--log", str(log), "--user", "99"],
@@ -325,7 +325,7 @@ def test_cli_simulate_recommend_evaluate(tmp_path, capsys):
        "error: the log was made over another store: model='m'"),
       (["evaluate", "--store", str(tmp_path / "missing"), "--log", str(log)],
        "is not an embedding store"),
-      (["evaluate", "--store", str(tmp_path / "s"), "--log", str(tmp_path / "eval.json")],
+      (["evaluate", "--store", str(tmp_path / "s"), "--log", str(tmp_path / "new" / "eval.json")],
        "expected an interaction log"),
   ]:
     assert main(argv) == 2
