@@ -325,7 +325,8 @@ def test_cli_simulate_recommend_evaluate(tmp_path, capsys):
        "error: the log was made over another store: model='m'"),
       (["evaluate", "--store", str(tmp_path / "missing"), "--log", str(log)],
        "is not an embedding store"),
-      (["evaluate", "--store", str(tmp_path / "s"), "--log", str(tmp_path / "new" / "eval.json")],
+      (["evaluate", "--store", str(tmp_path / "s"), "--log",
+        str(tmp_path / "new" / "eval.json")],
        "expected an interaction log"),
   ]:
     assert main(argv) == 2
