@@ -423,8 +423,8 @@ def load_thresholds(workdir, step: int, class_names) -> np.ndarray:
       to tune them for this checkpoint).
   """
   path = pathlib.Path(workdir) / THRESHOLDS_FILE
-  hint = (f"run python -m train.main --mode=evaluate --workdir={workdir} (it tunes them on the "
-          f"val split)")
+  hint = (f"tune them on the val split with python -m jaxvision.apps.tag evaluate "
+          f"--workdir={workdir} (or python -m train.main --mode=evaluate --workdir=...)")
   try:
     record = json.loads(path.read_text())
   except FileNotFoundError:
