@@ -89,12 +89,16 @@ def make_train_step(*, label_smoothing: float = 0.0, frozen_statistics: bool = F
 
 
 def eval_step(state, batch):
-  """``{'probabilities' [B, K], 'loss' [B]}`` (sigmoid; unsmoothed binary cross-entropy,
-  0 for padding rows, ``mask == False``)."""
+  """``{'probabilities' [B, K], 'loss' [B], 'mask' [B]}``: sigmoid probabilities, the
+  unsmoothed binary cross-entropy (0 for padding rows) and the batch's ``mask`` (all True
+  when absent), so that the rows of the global batch can be told apart on every host."""
   logits, _ = state.apply_fn(finetune.variables(state), batch["image"], train=False)
   mask = batch.get("mask")
+  if mask is None:
+    mask = jnp.ones(logits.shape[:1], bool)
   _, per_example = losses.sigmoid_binary_cross_entropy(logits, batch["label"], mask=mask)
-  return {"probabilities": jax.nn.sigmoid(logits.astype(jnp.float32)), "loss": per_example}
+  return {"probabilities": jax.nn.sigmoid(logits.astype(jnp.float32)), "loss": per_example,
+          "mask": mask}
 
 
 def predict_step(state, images):
@@ -132,7 +136,7 @@ class Evaluator:
     probs, loss_sum = [], 0.0
     for batch in self._batches:
       out = jax.device_get(self._step(state, sharding.shard_batch(batch, self.mesh)))
-      probs.append(np.asarray(out["probabilities"])[batch["mask"]])
+      probs.append(np.asarray(out["probabilities"])[np.asarray(out["mask"], bool)])
       loss_sum += float(np.sum(out["loss"]))
     probs = np.concatenate(probs)
     if len(probs) != len(self.data):
@@ -198,9 +202,16 @@ class MultiLabelTask(Task):
       raise ValueError(f"config.label_smoothing must be a number in [0, 1); found {smoothing!r}")
     for key in ("pp_train", "pp_eval"):
       preprocess.parse(config[key])
+    finetune.check_config(config)
+    self._load_data()
+    self._tx, self._schedule = finetune.make_optimizer(config, self.total_steps())
+
+  def _load_data(self) -> None:
+    """Checks the dataset name, options and splits, then makes the mosaics
+    (``self.dataset``)."""
+    config = self.config
     mosaic.resolve_name(config.dataset)
     options = mosaic.options(**self._mosaic_options())  # bad options: before any data
-    finetune.check_config(config)
     splits = (config.train_split, config.eval_split, config.test_split)
     unknown = [s for s in splits if s not in mosaic.SPLITS]
     if unknown:
@@ -215,7 +226,6 @@ class MultiLabelTask(Task):
     print(f"{self.dataset.name}: " + ", ".join(
         f"{s} {n} mosaics" for s, n in self.dataset.num_examples.items())
         + f" of {self.dataset.image_shape[0]}x{self.dataset.image_shape[1]}")
-    self._tx, self._schedule = finetune.make_optimizer(config, self.total_steps())
 
   def _mosaic_options(self) -> dict:
     opts = self.config.get("mosaic")
@@ -360,8 +370,10 @@ class MultiLabelTask(Task):
     thresholds = np.array([ev["per_label"][n]["threshold"] for n in names])
     captions = []
     for p, truth in zip(probs[:count], split.labels[:count]):
-      tags = ", ".join(f"{names[k]} {p[k]:.2f}" for k in np.argsort(-p)
-                       if p[k] >= thresholds[k]) or "(none)"
+      above = [k for k in np.argsort(-p) if p[k] >= thresholds[k]]
+      tags = ", ".join(f"{names[k]} {p[k]:.2f}" for k in above[:4]) or "(none)"
+      if len(above) > 4:
+        tags += f" (+{len(above) - 4})"
       true = ", ".join(names[k] for k in np.flatnonzero(truth))
       captions.append(f"{tags}\ntrue: {true}")
     visualize.plot_tagged_images(
@@ -389,7 +401,7 @@ class MultiLabelTask(Task):
     if split not in mosaic.SPLITS:
       raise ValueError(f"split {split!r} is not a mosaic split; expected one of {mosaic.SPLITS}")
     restored = trainer.restore(self, workdir, checkpoint)
-    self.prepare()
+    self._load_data()  # not prepare(): the run's init_from need not exist any more
     ev, val = self._tuned_evaluation(restored.state, restored.mesh, split)
     print(self.summary_line(ev))
     out = {"checkpoint_step": restored.step, "checkpoint": checkpoint, "eval": ev,

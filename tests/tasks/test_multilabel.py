@@ -64,7 +64,7 @@ def test_steps_against_numpy():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("multilabel") / "run"
-  config = _config()
+  config = _config(num_devices=None)  # the 8 test devices: batches of 16 sharded 2 per device
   task = multilabel.MultiLabelTask(config)
   results = trainer.train(task, workdir)
   return workdir, config, task, results
