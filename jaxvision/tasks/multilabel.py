@@ -185,7 +185,8 @@ class MultiLabelTask(Task):
 
   def __init__(self, config: ml_collections.ConfigDict):
     super().__init__(config)
-    self._val_scores: dict[int, tuple] = {}
+    self._val_scores: dict[int, tuple] = {}  # the eval split's scores by step
+    self._test_scores: dict[int, tuple] = {}
 
   # -- Set-up. ---------------------------------------------------------------------------------
 
@@ -321,14 +322,16 @@ class MultiLabelTask(Task):
 
   # -- The end of a run. ------------------------------------------------------------------------
 
-  def _tuned_evaluation(self, state, mesh, split: str, *, cache=None) -> tuple[dict, dict]:
+  def _tuned_evaluation(self, state, mesh, split: str, *, cache=None,
+                        split_cache=None) -> tuple[dict, dict]:
     """``(report of split, val report)``: thresholds tuned on the eval split, applied to
-    ``split``."""
+    ``split`` (``cache``, ``split_cache``: their scores by step, see :class:`Evaluator`)."""
     val = Evaluator(self, self.config.eval_split, mesh, cache=cache).run(state)
     thresholds = [val["per_label"][n]["threshold"] for n in self.dataset.class_names]
     if split == self.config.eval_split:
       return val, val
-    ev = Evaluator(self, split, mesh).run(state, thresholds, thresholds_from=val["split"])
+    ev = Evaluator(self, split, mesh, cache=split_cache).run(state, thresholds,
+                                                             thresholds_from=val["split"])
     return ev, val
 
   def _write_thresholds(self, workdir, val: dict, step: int) -> None:
@@ -350,7 +353,7 @@ class MultiLabelTask(Task):
       state = run.checkpointer.restore(step, target, meta, self.check_keys)
     step = int(jax.device_get(state.step))
     ev, val = self._tuned_evaluation(state, run.mesh, self.config.test_split,
-                                     cache=self._val_scores)
+                                     cache=self._val_scores, split_cache=self._test_scores)
     print(self.summary_line(ev))
     self._write_thresholds(run.workdir, val, step)
     self._final = (state, ev)
@@ -365,7 +368,7 @@ class MultiLabelTask(Task):
       return
     split = self.dataset.split(ev["split"])
     count = min(count, len(split))
-    probs, _ = Evaluator(self, ev["split"], run.mesh).scores(state)
+    probs, _ = Evaluator(self, ev["split"], run.mesh, cache=self._test_scores).scores(state)
     names = list(self.dataset.class_names)
     thresholds = np.array([ev["per_label"][n]["threshold"] for n in names])
     captions = []
