@@ -1,7 +1,8 @@
 """Losses.
 
 Classification: softmax cross-entropy with label smoothing and a validity mask (padded examples
-never count).
+never count). Multi-label (tagging): sigmoid binary cross-entropy over independent labels, with
+the same mask.
 
 GAN losses take raw discriminator logits (any shape, usually ``[B]``; real and fake batches may
 differ in size) and return a scalar float32 averaged over the batch. The non-saturating losses
@@ -42,6 +43,41 @@ def softmax_cross_entropy(logits, labels, *, num_classes: int | None = None,
   if mask is None:
     return per_example.mean(), per_example
   mask = mask.astype(jnp.float32)
+  per_example = per_example * mask
+  return per_example.sum() / jnp.maximum(mask.sum(), 1.0), per_example
+
+
+def sigmoid_binary_cross_entropy(logits, targets, *, mask=None, label_smoothing: float = 0.0):
+  """Mean sigmoid binary cross-entropy over valid examples, for multi-label outputs.
+
+  Per label: ``-(t * log(sigmoid(x)) + (1 - t) * log(1 - sigmoid(x)))``, written with
+  ``softplus`` (``t * softplus(-x) + (1 - t) * softplus(x)``) so that logits of any magnitude
+  give finite values and gradients. An example's loss is the mean over its ``K`` labels.
+
+  Args:
+    logits: ``[B, K]`` float (one independent logit per label).
+    targets: ``[B, K]`` in ``[0, 1]`` (multi-hot label sets; any numeric dtype).
+    mask: optional ``[B]`` bool; masked-out examples contribute nothing.
+    label_smoothing: ``eps`` in ``[0, 1)``: targets become ``t * (1 - eps) + eps / 2``.
+
+  Returns:
+    ``(mean_loss, per_example_loss [B])`` float32; the mean is over valid examples (0 if
+    none), and masked-out examples have a per-example loss of 0.
+
+  Raises:
+    ValueError: logits and targets of different shapes, or not ``[B, K]``.
+  """
+  x = jnp.asarray(logits).astype(jnp.float32)
+  t = jnp.asarray(targets).astype(jnp.float32)
+  if x.ndim != 2 or x.shape != t.shape:
+    raise ValueError(f"sigmoid_binary_cross_entropy needs logits and targets [B, K] of one "
+                     f"shape; found {x.shape} and {t.shape}")
+  if label_smoothing:
+    t = t * (1.0 - label_smoothing) + 0.5 * label_smoothing
+  per_example = jnp.mean(t * jax.nn.softplus(-x) + (1.0 - t) * jax.nn.softplus(x), axis=-1)
+  if mask is None:
+    return per_example.mean(), per_example
+  mask = jnp.asarray(mask).astype(jnp.float32)
   per_example = per_example * mask
   return per_example.sum() / jnp.maximum(mask.sum(), 1.0), per_example
 

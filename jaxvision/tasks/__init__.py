@@ -20,6 +20,7 @@ TASKS = {
     "sequence_prediction": "jaxvision.tasks.sequence_prediction:SequencePredictionTask",
     "gan": "jaxvision.tasks.gan:GANTask",
     "detection": "jaxvision.tasks.detection:DetectionTask",
+    "multilabel": "jaxvision.tasks.multilabel:MultiLabelTask",
 }
 _registered: dict[str, type[Task]] = {}
 

@@ -32,17 +32,14 @@ from jaxvision import export as export_lib
 from jaxvision.data import images as image_io
 from jaxvision.data import pipeline, preprocess
 from jaxvision.metrics import classification as cls_metrics
+from jaxvision.tasks import finetune
 from jaxvision.training import jit as jit_lib
-from jaxvision.training import optim, reporting, sharding, trainer
+from jaxvision.training import reporting, sharding, trainer
 from jaxvision.training import state as state_lib
 from jaxvision.training.task import Task, compute_dtype
 
 
-def _variables(state, params=None):
-  variables = {"params": state.params if params is None else params}
-  if state.batch_stats:
-    variables["batch_stats"] = state.batch_stats
-  return variables
+_variables = finetune.variables
 
 
 def make_train_step(*, label_smoothing: float = 0.0, frozen_statistics: bool = False,
@@ -63,10 +60,7 @@ def make_train_step(*, label_smoothing: float = 0.0, frozen_statistics: bool = F
     step_rng = jax.random.fold_in(state.rng, state.step)
 
     def loss_fn(params):
-      if pattern is not None:
-        params = jax.tree_util.tree_map_with_path(
-            lambda path, p: (p if pattern.search(optim.path_name(path))
-                             else jax.lax.stop_gradient(p)), params)
+      params = finetune.stop_gradient_outside(params, pattern)
       (logits, _), updates = state.apply_fn(
           _variables(state, params), batch["image"], train=not frozen_statistics,
           rngs={"dropout": step_rng}, mutable=["batch_stats"])
@@ -211,8 +205,9 @@ class ClassificationTask(Task):
   ``optimizer`` (``training.optim``), ``pp_train``/``pp_eval`` (preprocessing specs),
   ``train_split``/``eval_split``, ``batch_size``/``eval_batch_size``, ``num_epochs`` or
   ``num_train_steps``, ``eval_every_steps`` (default: once per epoch), ``label_smoothing``,
-  ``input_shape`` (optional check), ``seed``, ``dtype``. Fine-tuning: ``init_from`` (another
-  classification workdir: its best checkpoint's weights wherever names and shapes match),
+  ``input_shape`` (optional check), ``seed``, ``dtype``. Fine-tuning (``tasks.finetune``):
+  ``init_from`` (``'imagenet'``, or another workdir, e.g. a classification or multilabel run:
+  its best checkpoint's weights wherever names and shapes match),
   ``head`` (a regular expression naming the head's parameters, e.g. ``'^Dense_1/'``) with
   ``freeze_backbone`` (train the head only, the model in inference mode: a linear probe) or
   ``backbone_lr_multiplier``.
@@ -242,11 +237,8 @@ class ClassificationTask(Task):
     self.builder, self.info = data.get_dataset(config.dataset, data_dir=config.get("data_dir"))
     for split in (config.train_split, config.eval_split):
       pipeline.split_size(self.info, split)  # an unknown split fails here, not after an epoch
+    finetune.check_config(config)
     self._tx, self._schedule = self._optimizer(self.total_steps())
-    if config.get("init_from") == "imagenet":
-      models.pretrained.get_spec(config.model.name)  # no such weights: fails now
-    elif config.get("init_from"):
-      trainer.load_config(config.init_from)  # a missing workdir fails now, not after set-up
 
   def total_steps(self) -> int:
     config = self.config
@@ -282,18 +274,8 @@ class ClassificationTask(Task):
 
   def _optimizer(self, total_steps: int):
     """``(tx, schedule)``: ``config.optimizer``, with the head/backbone groups when
-    ``config.head`` is set."""
-    config = self.config
-    tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
-    if config.get("head"):
-      tx = optim.with_param_groups(
-          tx, head=config.head, freeze_backbone=config.get("freeze_backbone", False),
-          backbone_lr_multiplier=config.get("backbone_lr_multiplier", 1.0))
-    elif config.get("freeze_backbone") or config.get("backbone_lr_multiplier", 1.0) != 1.0:
-      raise ValueError("config.freeze_backbone and config.backbone_lr_multiplier need "
-                       "config.head, a regular expression naming the head's parameters "
-                       "(e.g. '^Dense_1/')")
-    return tx, schedule
+    ``config.head`` is set (``finetune.make_optimizer``)."""
+    return finetune.make_optimizer(self.config, total_steps)
 
   def create_state(self, example_batch, mesh, *, abstract: bool):
     config = self.config
@@ -308,51 +290,12 @@ class ClassificationTask(Task):
         create_model(config, self.info.num_classes), self._tx, input_shape=input_shape,
         rng=jax.random.PRNGKey(config.seed), mesh=mesh, abstract=abstract)
     if config.get("init_from") and not abstract:  # a resumed run has them in its checkpoint
-      state = self._initialize_from(state, config.init_from, mesh)
+      state = finetune.initialize_from(state, config, self._tx, mesh)
     return state, self._meta(input_shape)
 
-  def _initialize_from(self, state, workdir, mesh):
-    """``state`` with the parameters and BatchNorm statistics of the pretrained ImageNet
-    weights (``workdir == 'imagenet'``) or of another classification workdir's best checkpoint,
-    wherever names and shapes match (a new head, or layers of another size, keep their fresh
-    initialisation and are listed; fresh parameters matching ``config.head`` start at
-    zero)."""
-    if workdir == "imagenet":
-      variables, _ = models.pretrained_variables(self.config.model.name)
-      source = f"imagenet ({self.config.model.name} ImageNet-1k weights)"
-    else:
-      _, variables, meta = load_classifier(workdir)
-      source = (f"{workdir} (step {meta['checkpoint_step']}, {meta['model']} on "
-                f"{meta['dataset']})")
-    params, loaded, skipped = state_lib.load_matching(state.params, variables["params"])
-    if self.config.get("head"):
-      # A fresh head starts at zero (big_vision's head_zeroinit): uniform first predictions,
-      # and no large random-head gradients flowing into the pretrained features.
-      head = re.compile(self.config.head)
-
-      def zero_fresh_head(path, p):
-        name = optim.path_name(path)
-        if name in skipped and head.search(name):
-          return jax.device_put(jnp.zeros(p.shape, p.dtype), p.sharding)
-        return p
-
-      params = jax.tree_util.tree_map_with_path(zero_fresh_head, params)
-    stats, _, skipped_stats = state_lib.load_matching(state.batch_stats,
-                                                      variables.get("batch_stats", {}))
-    print(f"init_from {source}: loaded {len(loaded)} of {len(loaded) + len(skipped)} parameter "
-          f"arrays" + (f"; freshly initialised: {', '.join(skipped + skipped_stats)}"
-                       if skipped or skipped_stats else ""))
-    if not loaded:
-      raise ValueError(f"config.init_from={workdir!r}: no parameter of it fits this "
-                       f"{self.config.model.name!r} model")
-    opt_state = jax.jit(self._tx.init, out_shardings=sharding.replicated(mesh))(params)
-    return state.replace(params=params, batch_stats=stats, opt_state=opt_state)
-
   def make_train_step(self):
-    frozen = bool(self.config.get("freeze_backbone", False))
     return make_train_step(label_smoothing=self.config.get("label_smoothing", 0.0),
-                           frozen_statistics=frozen,
-                           trainable=self.config.head if frozen else None)
+                           **finetune.train_step_options(self.config))
 
   def learning_rate(self, step: int) -> float:
     return float(self._schedule(step))
