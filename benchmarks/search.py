@@ -15,9 +15,9 @@ For each ``--configs`` entry (``kind:key=value,...``, ``;``-separated; ``apps.se
 fill the rest) and each ``--threads`` setting: build time, recall@k of the top-k against exact
 search (faiss ``IndexFlatIP`` over the same vectors), and queries/s of both, batched (every
 query in one ``search`` call: the median of ``--repeats`` calls after a warm-up call) and one
-query at a time (``--single`` queries, one call each, after a warm-up). Exact search is
-measured at each thread setting too, so every speed-up is a ratio on the same machine at the
-same moment. Nothing is asserted.
+query at a time (``--single`` queries in all, one call each, after a warm-up). Exact search
+is timed in the same rounds as the approximate indexes (interleaved, the order rotating), so
+every speed-up is a ratio on the same machine under the same load. Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -36,9 +36,8 @@ import numpy as np
 from benchmarks import timing
 from jaxvision.apps import search, store
 
-DEFAULT_CONFIGS = ("hnsw:m=32,ef_construction=80,ef_search=64;"
-                   "ivf:nlist=1024,nprobe=16;"
-                   "ivf:nlist=1024,nprobe=16,pca=256,refine=4")
+DEFAULT_CONFIGS = ("hnsw;hnsw:ef_search=64;ivf;ivf:nprobe=64;flat:pca=128,refine=4;"
+                   "flat:pca=96,refine=8")
 DEFAULT_MACHINE = "cpu-2core-epyc-zen4"
 SEARCH_PARAMS = ("ef_search", "nprobe", "refine")  # set on a built index, no rebuild
 
@@ -93,76 +92,113 @@ def parse_configs(text: str) -> list[tuple[str, dict]]:
   return out
 
 
-def _measure(index: search.SearchIndex, queries: np.ndarray, k: int, *, repeats: int,
-             single: int) -> tuple[dict, np.ndarray]:
-  index.search(queries[:min(len(queries), 256)], k)  # warm-up
-  times, rows = [], None
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    _, rows = index.search(queries, k)
-    times.append(time.perf_counter() - t0)
-  m = min(single, len(queries))
-  for i in range(min(10, m)):  # warm-up
-    index.search(queries[i:i + 1], k)
-  single_times = []
-  for i in range(m):
+def _time_batched(index, queries, k) -> tuple[float, np.ndarray]:
+  t0 = time.perf_counter()
+  _, rows = index.search(queries, k)
+  return time.perf_counter() - t0, rows
+
+
+def _time_single(index, queries, k) -> list[float]:
+  out = []
+  for i in range(len(queries)):
     t0 = time.perf_counter()
     index.search(queries[i:i + 1], k)
-    single_times.append(time.perf_counter() - t0)
-  batched = statistics.median(times)
-  return {"batched_seconds_all": times, "batched_seconds_median": batched,
-          "batched_queries_per_s": len(queries) / batched,
+    out.append(time.perf_counter() - t0)
+  return out
+
+
+def _figures(batched: list[float], single: list[float], num_queries: int) -> dict:
+  median = statistics.median(batched)
+  return {"batched_seconds_all": batched, "batched_seconds_median": median,
+          "batched_queries_per_s": num_queries / median,
           # Queries over their total time (as batched is), and the per-query median and p90.
-          "single_queries_per_s": m / sum(single_times) if single_times else None,
-          "single_ms_median": 1e3 * statistics.median(single_times) if single_times else None,
-          "single_ms_p90": 1e3 * float(np.percentile(single_times, 90)) if single_times else None,
-          "single_num_queries": m}, rows
+          "single_queries_per_s": len(single) / sum(single) if single else None,
+          "single_ms_median": 1e3 * statistics.median(single) if single else None,
+          "single_ms_p90": 1e3 * float(np.percentile(single, 90)) if single else None,
+          "single_num_queries": len(single)}
 
 
 def run(gallery: store.Embeddings, queries: np.ndarray, *, configs, threads, k: int = 10,
         repeats: int = 3, single: int = 200, log=print) -> list[dict]:
-  """One record per (thread setting, config), plus one for exact search per thread setting."""
-  records = []
+  """One record for exact search and one per config, per thread setting.
+
+  The indexes are built first (once: structure parameters; search-time ones are set before
+  each use). Then ``repeats`` rounds, each timing every index in turn (exact first, then the
+  configs, the order rotating by one each round so that a change of the machine's load
+  touches all alike): one batched call over all queries, and ``single / repeats`` queries one
+  at a time (a different slice each round). Warm-up calls before the first round.
+  """
   default_threads = faiss.omp_get_max_threads()
-  built = {}
+  built, entries = {}, [("flat", {}, {})]
+  for kind, params in configs:
+    full = {**search.DEFAULTS.get(kind, {}), **params}
+    tuning = {key: v for key, v in full.items() if key in SEARCH_PARAMS}
+    structure = {key: v for key, v in full.items() if key not in SEARCH_PARAMS}
+    structure["refine"] = bool(full.get("refine"))
+    entries.append((kind, params, tuning))
+    key = (kind, tuple(sorted(structure.items())))
+    if key not in built:
+      t0 = time.perf_counter()
+      index = search.build_index(gallery, kind, **params)
+      built[key] = (index, time.perf_counter() - t0, faiss.omp_get_max_threads())
+      log(f"built {search.describe(kind, gallery.dim, index.params)} in "
+          f"{built[key][1]:.1f} s")
+  exact_index = search.build_index(gallery, "flat")
+
+  def index_of(entry):
+    kind, params, tuning = entry
+    if kind == "flat" and not params:
+      return exact_index, None
+    full = {**search.DEFAULTS.get(kind, {}), **params}
+    structure = {key: v for key, v in full.items() if key not in SEARCH_PARAMS}
+    structure["refine"] = bool(full.get("refine"))
+    index, build_s, build_threads = built[(kind, tuple(sorted(structure.items())))]
+    if tuning:
+      index.set_search_params(**tuning)
+    return index, (build_s, build_threads)
+
+  records = []
+  per_round = max(1, single // max(1, repeats))
   for n_threads in threads:
     faiss.omp_set_num_threads(n_threads or default_threads)
     label = f"{faiss.omp_get_max_threads()} ({'default' if not n_threads else 'set'})"
-    exact = search.build_index(gallery, "flat")
-    exact_fig, exact_rows = _measure(exact, queries, k, repeats=repeats, single=single)
-    exact_rec = {"kind": "flat", "params": {}, "threads": faiss.omp_get_max_threads(),
-                 "recall_at_k": 1.0, **exact_fig}
-    records.append(exact_rec)
+    batched = [[] for _ in entries]
+    singles = [[] for _ in entries]
+    rows = [None] * len(entries)
+    for e, entry in enumerate(entries):  # warm-up
+      index, _ = index_of(entry)
+      _time_batched(index, queries[:256], k)
+      _time_single(index, queries[:10], k)
+    for r in range(repeats):
+      order = list(range(len(entries)))
+      order = order[r % len(order):] + order[:r % len(order)]
+      for e in order:
+        index, _ = index_of(entries[e])
+        seconds, found = _time_batched(index, queries, k)
+        batched[e].append(seconds)
+        rows[e] = found if rows[e] is None else rows[e]
+        start = (r * per_round) % max(1, len(queries) - per_round)
+        singles[e] += _time_single(index, queries[start:start + per_round], k)
+    exact_fig = _figures(batched[0], singles[0], len(queries))
+    records.append({"kind": "flat", "params": {}, "structure": "Flat (exact)",
+                    "threads": faiss.omp_get_max_threads(), "recall_at_k": 1.0, **exact_fig})
     log(f"[threads {label}] exact: {exact_fig['batched_queries_per_s']:.0f} q/s batched, "
         f"{exact_fig['single_queries_per_s']:.1f} q/s one at a time")
-    for kind, params in configs:
-      # One build per structure (with the first thread setting); search-time parameters are
-      # set on it for each config.
-      tuning = {key: v for key, v in params.items() if key in SEARCH_PARAMS}
-      structure = {key: v for key, v in params.items() if key not in SEARCH_PARAMS}
-      structure["refine"] = bool(params.get("refine"))
-      key = (kind, tuple(sorted(structure.items())))
-      t0 = time.perf_counter()
-      if key not in built:
-        index = search.build_index(gallery, kind, **params)
-        built[key] = (index, time.perf_counter() - t0, faiss.omp_get_max_threads())
-      index, build_s, build_threads = built[key]
-      if tuning:
-        index.set_search_params(**tuning)
-      fig, rows = _measure(index, queries, k, repeats=repeats, single=single)
-      rec = {"kind": kind, "params": dict(index.params),
-             "structure": search.describe(kind, gallery.dim, index.params),
+    for e, entry in enumerate(entries[1:], start=1):
+      index, (build_s, build_threads) = index_of(entry)
+      fig = _figures(batched[e], singles[e], len(queries))
+      rec = {"kind": entry[0], "params": dict(index.params),
+             "structure": search.describe(entry[0], gallery.dim, index.params),
              "threads": faiss.omp_get_max_threads(), "build_seconds": build_s,
              "build_threads": build_threads,
-             "recall_at_k": search.recall_at_k(rows, exact_rows), **fig,
+             "recall_at_k": search.recall_at_k(rows[e], rows[0]), **fig,
              "speedup_batched": fig["batched_queries_per_s"] / exact_fig["batched_queries_per_s"],
              "speedup_single": fig["single_queries_per_s"] / exact_fig["single_queries_per_s"]}
       records.append(rec)
-      log(f"[threads {label}] {rec['structure']} {tuning or ''}: "
+      log(f"[threads {label}] {rec['structure']} {entry[2] or ''}: "
           f"recall@{k} {rec['recall_at_k']:.4f}, "
           f"{fig['batched_queries_per_s']:.0f} q/s batched ({rec['speedup_batched']:.1f}x), "
-          f"{fig['single_queries_per_s']:.0f} q/s single ({rec['speedup_single']:.1f}x), "
-          f"build {build_s:.1f} s")
+          f"{fig['single_queries_per_s']:.0f} q/s single ({rec['speedup_single']:.1f}x)")
   faiss.omp_set_num_threads(default_threads)
   return records
 

@@ -11,7 +11,8 @@
 Index kinds (scores are inner products of unit vectors: cosine similarity, highest first):
 
 ============  ================================================================================
-``flat``      faiss ``IndexFlatIP``: exact, a BLAS matmul over the whole gallery.
+``flat``      faiss ``IndexFlatIP``: exact, a BLAS matmul over the whole gallery (approximate
+              with ``pca``: a matmul over fewer dimensions, then ``refine``).
 ``hnsw``      faiss ``IndexHNSWFlat`` (inner product): a graph of ``m`` links per vector, built
               with ``ef_construction``, searched with ``ef_search`` candidates.
 ``ivf``       faiss IVF (inner product): ``nlist`` k-means cells of which ``nprobe`` are
@@ -22,7 +23,7 @@ Index kinds (scores are inner products of unit vectors: cosine similarity, highe
               galleries, or a store given where an index is expected.
 ============  ================================================================================
 
-``hnsw`` and ``ivf`` take two more stages: ``pca`` projects vectors of more than ``pca``
+``flat``, ``hnsw`` and ``ivf`` take two more stages: ``pca`` projects vectors of more than ``pca``
 dimensions onto the top ``pca`` eigenvectors of their second-moment matrix (a PCA without
 centring: centring, as faiss's ``PCAMatrix`` does, changes inner products and loses
 neighbours; 0: no projection), and ``refine`` re-ranks ``refine * k`` candidates by their
@@ -72,7 +73,7 @@ INDEX_FILE = "index.faiss"
 KINDS = ("flat", "hnsw", "ivf", "jax")
 # Parameters by kind (see the module docstring); chosen with benchmarks/search.py.
 DEFAULTS = {
-    "flat": {},
+    "flat": {"pca": 0, "refine": 0},
     "hnsw": {"m": 32, "ef_construction": 64, "ef_search": 48, "pca": 256, "refine": 4},
     "ivf": {"nlist": 0, "nprobe": 96, "pca": 256, "sq": 0, "pq": 0, "pq_bits": 8,
             "refine": 4},
@@ -304,7 +305,8 @@ class SearchIndex:
 
   def set_search_params(self, **params) -> None:
     """Changes search-time parameters (``ef_search``, ``nprobe``, ``refine``) in place."""
-    allowed = {"hnsw": ("ef_search", "refine"), "ivf": ("nprobe", "refine"),
+    allowed = {"flat": ("refine",), "hnsw": ("ef_search", "refine"),
+               "ivf": ("nprobe", "refine"),
                "jax": ("query_block",)}.get(self.kind, ())
     for key, value in params.items():
       if key not in allowed:
@@ -397,10 +399,12 @@ def auto_nlist(n: int) -> int:
 def describe(kind: str, dim: int, params: Mapping) -> str:
   """A faiss-factory-like description of an index, e.g. ``'PCA256(uncentred),IVF1024,Flat,
   RFlat(4)'``."""
-  if kind in ("flat", "jax"):
-    return {"flat": "Flat", "jax": "JAX exact"}[kind]
+  if kind == "jax":
+    return "JAX exact"
   pre = f"PCA{params['pca']}(uncentred)," if params.get("pca") else ""
-  if kind == "hnsw":
+  if kind == "flat":
+    body = "Flat"
+  elif kind == "hnsw":
     body = f"HNSW{params['m']},Flat"
   elif params["sq"]:
     body = f"IVF{params['nlist']},SQ{'fp16' if params['sq'] == 16 else 8}"
@@ -427,10 +431,10 @@ def uncentred_pca(vectors: np.ndarray, dim: int, *, max_samples: int = 100_000,
 def _faiss_index(kind: str, dim: int, params: Mapping, vectors: np.ndarray):
   """The untrained faiss index of ``kind`` (trained and filled by the caller)."""
   metric = faiss.METRIC_INNER_PRODUCT
-  if kind == "flat":
-    return faiss.IndexFlatIP(dim)
   d = params["pca"] or dim
-  if kind == "hnsw":
+  if kind == "flat":
+    index = faiss.IndexFlatIP(d)
+  elif kind == "hnsw":
     index = faiss.IndexHNSWFlat(d, params["m"], metric)
     index.hnsw.efConstruction = params["ef_construction"]
   else:
@@ -656,8 +660,11 @@ def recall_at_k(approx_rows: np.ndarray, exact_rows: np.ndarray) -> float:
 def time_queries(index: SearchIndex, queries: np.ndarray, k: int, *, exclude=None,
                  single: int = 200, repeats: int = 1) -> tuple[dict, np.ndarray, np.ndarray]:
   """Queries/s of ``index`` batched (all queries in one call; median of ``repeats``) and one
-  query at a time (the first ``single`` queries, one call each). Returns the figures and the
-  batched results."""
+  query at a time (the first ``single`` queries, one call each), after warm-up calls. Returns
+  the figures and the batched results."""
+  index.search(queries[:256], k, exclude=None if exclude is None else exclude[:256])
+  for i in range(min(5, len(queries))):
+    index.search(queries[i:i + 1], k)
   times, result = [], None
   for _ in range(max(1, repeats)):
     t0 = time.perf_counter()
@@ -887,6 +894,8 @@ def _parser() -> argparse.ArgumentParser:
   q.add_argument("-k", "--k", type=int, default=10, help="results per query (default 10)")
   q.add_argument("--ef-search", type=int, default=None, help="hnsw search candidates")
   q.add_argument("--nprobe", type=int, default=None, help="ivf cells scanned")
+  q.add_argument("--threads", type=int, default=None,
+                 help="faiss threads (default: all; 1 is fastest for a few queries)")
   q.add_argument("--sheet", default=None, help="also write a PNG contact sheet here")
   q.add_argument("--out", default=None, help="JSON file (default stdout)")
 
@@ -925,6 +934,15 @@ def _threads(n: int | None) -> None:
 
 
 def _run(args) -> None:
+  """Runs one subcommand; faiss's thread count is restored afterwards."""
+  threads = faiss.omp_get_max_threads()
+  try:
+    _run_command(args)
+  finally:
+    faiss.omp_set_num_threads(threads)
+
+
+def _run_command(args) -> None:
   if args.command == "embed":
     from jaxvision.apps import embed  # pylint: disable=g-import-not-at-top
     embedder = embed.make_embedder(args.model, pp=args.pp)
@@ -957,6 +975,7 @@ def _run(args) -> None:
                  "model": index.model, "dim": index.dim, "num_vectors": len(index),
                  "build_seconds": seconds, "faiss_threads": faiss.omp_get_max_threads()}, None)
   elif args.command == "query":
+    _threads(args.threads)
     index = load_index(args.index)
     if args.store:
       index.gallery["store"] = str(pathlib.Path(args.store).resolve())

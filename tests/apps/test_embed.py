@@ -183,3 +183,19 @@ def test_model_that_cannot_take_the_input_is_one_line(cnn_embedder):
                                        r"of shape \(8, 8, 3\)") as info:
     e.output_dim((8, 8, 3))
   assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_pretrained_efficientnet_embedder_with_pp_override():
+  from jaxvision import models
+  pp = "value_range(-0.9921875, 1)"  # (x - 127) / 128, on the 32 px images as they are
+  e = embed.make_embedder("EfficientNetLite0", pp=pp)
+  assert e.model == f"EfficientNetLite0@imagenet+pp={pp}" and e.spec["kind"] == "pretrained"
+  assert e.output_dim((32, 32, 3)) == 1280
+  x = np.random.default_rng(0).integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
+  got = embed.embed_arrays(e, x, batch_size=4, num_devices=2)
+  model = models.create_model("EfficientNetLite0")
+  variables, _ = models.pretrained_variables("EfficientNetLite0")
+  _, out = model.apply(variables, ((x.astype(np.float64) - 127) / 128).astype(np.float32),
+                       train=False)
+  np.testing.assert_allclose(got, np.asarray(out["pre_logits"]), rtol=1e-4, atol=1e-4)

@@ -268,6 +268,26 @@ def test_cli_embed_build_query_sheet_evaluate(tmp_path, capsys, digits_store):
   assert 0.9 <= ev["approximate"]["recall_at_k"] <= 1.0
 
 
+def test_cli_image_folder_gallery_query_by_file_with_sheet(tmp_path, capsys):
+  rng = np.random.default_rng(5)
+  (tmp_path / "photos").mkdir()
+  for i in range(6):
+    Image.fromarray(rng.integers(0, 256, (10, 12, 3)).astype(np.uint8)).save(
+        tmp_path / "photos" / f"p{i}.png")
+  code, _, err = _cli(capsys, "embed", "--model", "pixels", "--pp", "value_range(-1, 1)",
+                      "--images", tmp_path / "photos", "--out", tmp_path / "s",
+                      "--batch-size", 8)
+  assert code == 0, err
+  code, out, err = _cli(capsys, "query", "--index", tmp_path / "s", "--images",
+                        tmp_path / "photos" / "p4.png", "-k", 3, "--sheet", tmp_path / "q.png")
+  assert code == 0, err
+  hits = json.loads(out)[0]["results"]
+  assert hits[0]["id"] == 4 and hits[0]["score"] == pytest.approx(1.0, abs=1e-6)
+  assert hits[0]["label"] is None and len(hits) == 3
+  with Image.open(tmp_path / "q.png") as sheet:
+    assert sheet.size == (640, 230)  # 4 columns x 160 px, 1 row x 190 px + a title
+
+
 def _one_error_line(code, err, pattern):
   import re
   assert code == 2
