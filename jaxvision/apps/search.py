@@ -1010,6 +1010,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   """The command line (``python -m jaxvision.apps.search --help``); returns the exit status:
   0, or 2 after one ``error: ...`` line on stderr for bad input."""
   parser = _parser()
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # its banner; results unchanged (train.main)
   try:
     args = parser.parse_args(argv)
     _run(args)

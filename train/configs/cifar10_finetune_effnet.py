@@ -38,7 +38,7 @@ def get_config(variant: str = "finetune") -> ml_collections.ConfigDict:
   c.optimizer.warmup_steps = 200
   if variant == "probe":
     c.freeze_backbone = True
-    c.num_epochs = 3
+    c.num_epochs = 2
     c.optimizer.learning_rate = 3e-3
   else:
     c.backbone_lr_multiplier = 0.1
