@@ -21,11 +21,13 @@ default 2 latest steps plus the best, so saves and Orbax's deletions of old step
    when a save starts and renamed when it is complete); after a seeded random number of saves
    has been let through, the process is killed a random 0-80% of the reference's median
    temporary-folder lifetime after one appears. A kill counts as *during a write* only when
-   that process's temporary folder is still there after it died. The other kills fall at random
-   times: a quarter of them during start-up (imports, compilation, restoring), drawn from the
-   reference's start-up time, the rest after the leg's first training step. Every draw comes from
-   ``numpy.random.default_rng(--seed)``; where a kill lands also depends on the machine's speed.
-   Kill times are scaled so each leg covers about its share of the remaining steps.
+   that process's temporary folder is still there after it died (kills at random times can
+   land during writes too, and are counted then). The other kills fall at random times: a
+   quarter of them during start-up (imports, compilation, restoring), uniform up to the median
+   start-up time of the trial's earlier legs (the reference's for the first) and at the latest
+   at the leg's first "[train] step" line, the rest uniform after that line. Every draw comes
+   from ``numpy.random.default_rng(--seed)``; where a kill lands also depends on the machine's
+   speed. Kill times are scaled so each leg covers about its share of the remaining steps.
 3. **Checks**:
 
    * every restart resumed from the newest checkpoint on disk (its "Resuming from step N" line
@@ -39,8 +41,8 @@ default 2 latest steps plus the best, so saves and Orbax's deletions of old step
 4. **Two writers**: a run is started in a fresh workdir and stopped (``SIGSTOP``) once it trains,
    so it holds the workdir lock; a second identical command in the same workdir must exit
    non-zero with the one-line "workdir ... is in use by another training run (pid N)" error
-   naming the first's pid; the first is continued (``SIGCONT``), must finish, and its
-   checkpoint and results must equal the reference's.
+   naming the first's pid as its last stderr line, and no traceback; the first is continued
+   (``SIGCONT``), must finish, and its checkpoint and results must equal the reference's.
 
 Writes ``--out`` (JSON: the counts, every leg, the comparison, the two-writers case, the
 environment) and prints one line; exit status 0 when every check passed. Run folders and leg
@@ -66,7 +68,7 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -210,7 +212,8 @@ def tmp_dirs(ckpt_dir) -> set[str]:
 class KillPlan:
   """Where one leg is killed.
 
-  ``phase``: ``'startup'`` (``delay`` seconds after the process starts), ``'training'``
+  ``phase``: ``'startup'`` (``delay`` seconds after the process starts, or at its first
+  "[train] step" line if that comes first), ``'training'``
   (``delay`` seconds after its first "[train] step" line) or ``'write'`` (``delay`` seconds
   after the ``skip_saves + 1``-th new temporary checkpoint folder appears).
   """
@@ -247,7 +250,7 @@ def drive(leg: Leg, ckpt_dir, plan: KillPlan | None = None, *,
       if name not in current:
         lifetimes.append((name, now - live.pop(name)))
     if plan is not None and killed_at is None:
-      due = ((plan.phase == "startup" and now >= plan.delay)
+      due = ((plan.phase == "startup" and (now >= plan.delay or leg.first_step_at is not None))
              or (plan.phase == "training" and leg.first_step_at is not None
                  and now >= leg.first_step_at + plan.delay)
              or (plan.phase == "write" and target is not None and now >= target[1] + plan.delay))
@@ -362,21 +365,26 @@ def run_trial(cmd, env, workdir, logs_dir, *, kills: int, rng: np.random.Generat
   rng.shuffle(aims)
   total = timing["steps"]
   legs, failures, finished = [], 0, False
+  startups = []  # seconds from the start of each leg to its first step (no data preparation)
   t0 = time.monotonic()
   while True:
     on_disk = checkpoint_steps(ckpt_dir)
     newest = on_disk[-1] if on_disk else 0
     plan = None
     if aims:
-      plan = plan_kill(aims[0], rng, timing, remaining_steps=total - newest,
+      seen = dict(timing, startup_seconds=statistics.median(startups)) if startups else timing
+      plan = plan_kill(aims[0], rng, seen, remaining_steps=total - newest,
                        legs_left=len(aims) + 1, checkpoint_every=checkpoint_every)
     log_path = logs_dir / f"leg_{len(legs):02d}.log"
     leg = Leg(cmd, env, log_path)
     driven = drive(leg, ckpt_dir, plan)
     lines = leg.text()
+    if leg.first_step_at is not None:
+      startups.append(leg.first_step_at)
     record = {"leg": len(legs), "newest_on_disk": newest, "plan": plan and
               dataclasses.asdict(plan), "rc": driven["rc"], "killed": driven["killed"],
-              "killed_at": driven["killed_at"], "seconds": round(leg.elapsed(), 3),
+              "killed_at": driven["killed_at"], "first_step_at": leg.first_step_at,
+              "seconds": round(leg.elapsed(), 3),
               "saves_seen": driven["saves_seen"],
               "last_step_printed": max([int(m.group(1)) for m in map(_STEP.match, lines) if m],
                                        default=None),
@@ -527,11 +535,15 @@ def compare_runs(reference, trial) -> dict:
 
 def two_writers(cmd, env, workdir, logs_dir, *, reference=None, timeout: float = 600) -> dict:
   """The first run of ``cmd`` (into ``workdir``) is stopped once it trains; a second, started
-  then, must be refused with the one-line "in use by" error naming the first's pid; the first,
-  continued, must finish (and, given a ``reference`` workdir, equal it).
+  then, must be refused: a non-zero exit whose last stderr line is the one-line "error:
+  WorkdirInUseError: workdir ... is in use by another training run (pid N) ..." naming the
+  first's pid, with no traceback (what it printed before, e.g. warnings of its data
+  preparation, is returned apart); the first, continued, must finish (and, given a
+  ``reference`` workdir, equal it).
 
-  Returns ``{'refused', 'second_rc', 'second_stderr', 'first_rc', 'first_pid',
-  'comparison', 'ok', 'timing'}`` (``timing`` of the first run, its pause excluded).
+  Returns ``{'refused', 'second_rc', 'second_error', 'second_other_stderr_lines', 'first_rc',
+  'first_pid', 'comparison', 'ok', 'timing'}`` (``timing`` of the first run, its pause
+  excluded).
   """
   logs_dir = pathlib.Path(logs_dir)
   logs_dir.mkdir(parents=True, exist_ok=True)
@@ -556,11 +568,13 @@ def two_writers(cmd, env, workdir, logs_dir, *, reference=None, timeout: float =
   (logs_dir / "second_writer.log").write_text(second.stdout + "\n--- stderr\n" + second.stderr)
   driven = drive(first, pathlib.Path(workdir) / "checkpoints", timeout=timeout)
   stderr_lines = [line for line in second.stderr.splitlines() if line.strip()]
-  m = _IN_USE.search(second.stderr)
+  last = stderr_lines[-1] if stderr_lines else ""
+  m = _IN_USE.search(last)
   refused = (second.returncode != 0 and m is not None and int(m.group(1)) == first.proc.pid
-             and len(stderr_lines) == 1)
+             and last.startswith("error: ") and "Traceback" not in second.stderr)
   out = {"first_pid": first.proc.pid, "first_rc": driven["rc"], "paused_seconds": round(paused, 2),
-         "second_rc": second.returncode, "second_stderr": second.stderr.strip(),
+         "second_rc": second.returncode, "second_error": last,
+         "second_other_stderr_lines": stderr_lines[:-1],
          "second_stdout_lines": len(second.stdout.splitlines()), "refused": refused}
   if driven["rc"] == 0:
     out["timing"] = leg_timing(first, driven, paused=paused)
@@ -577,7 +591,8 @@ def _environment() -> dict:
   from benchmarks import timing as timing_lib
   return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
           "platform": platform.platform(), "cpu": timing_lib.cpu_model_name(),
-          "cpu_count": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()],
+          "cpu_count": os.cpu_count(),
+          "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
           "versions": timing_lib.versions(extra=("tensorflow", "orbax-checkpoint"))}
 
 
@@ -676,6 +691,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
   args = parse_args(argv)
+  load_at_start = [round(x, 2) for x in os.getloadavg()]
   root = args.root or pathlib.Path(tempfile.mkdtemp(prefix=f"sigkill-{args.trainer}-"))
   if args.root is not None and any(root.iterdir() if root.exists() else ()):
     raise SystemExit(f"error: --root {root} is not empty; expected a new or empty folder")
@@ -684,9 +700,10 @@ def main(argv=None) -> int:
                     with_two_writers=not args.no_two_writers)
   summary["script_command"] = "python -m benchmarks.sigkill_trials " + " ".join(
       sys.argv[1:] if argv is None else argv)
-  summary["environment"] = _environment()
+  summary["environment"] = {**_environment(), "load_average_at_start": load_at_start}
   out = args.out or root / "summary.json"
-  delete = summary["ok"] and not args.keep and args.root is None and root.resolve() not in out.resolve().parents
+  delete = (summary["ok"] and not args.keep and args.root is None
+            and root.resolve() not in out.resolve().parents)
   summary["root"] = str(root) + (" (deleted: every check passed)" if delete else "")
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(summary, indent=2, default=str) + "\n")
