@@ -19,10 +19,12 @@ that use the same classifier:
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+
 import numpy as np
 import scipy.linalg
 import scipy.special
@@ -162,7 +164,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, *, eps: float = FRECHET_EPS) -> f
   mu2, sigma2 = _check_gaussian("second Gaussian", mu2, sigma2)
   if mu1.shape != mu2.shape:
     raise ValueError(f"feature dimensions differ: {mu1.shape[0]} vs {mu2.shape[0]}")
-  covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+  with warnings.catch_warnings():  # a singular product is handled just below
+    warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
   if not np.all(np.isfinite(covmean)):
     offset = np.eye(sigma1.shape[0]) * eps
     covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))

@@ -183,8 +183,18 @@ def check_workdir(workdir) -> pathlib.Path:
   return workdir
 
 
+def check_not_in_use(workdir: pathlib.Path) -> None:
+  """Fails at once, before any data is prepared, when another training process holds
+  ``workdir``'s lock (:func:`workdir_lock` takes it for the run itself, later)."""
+  path = pathlib.Path(workdir) / ".lock"
+  if jax.process_index() != 0 or not path.is_file():
+    return
+  with workdir_lock(pathlib.Path(workdir), write_pid=False):
+    pass
+
+
 @contextlib.contextmanager
-def workdir_lock(workdir: pathlib.Path) -> Iterator[None]:
+def workdir_lock(workdir: pathlib.Path, *, write_pid: bool = True) -> Iterator[None]:
   """Holds an exclusive lock on ``workdir`` (its ``.lock`` file) while training, so a second
   training process in the same workdir stops at once with the first one's pid. The kernel
   drops the lock when the process ends, however it ends. Only process 0 locks."""
@@ -201,10 +211,11 @@ def workdir_lock(workdir: pathlib.Path) -> Iterator[None]:
       raise WorkdirInUseError(f"workdir {workdir} is in use by another training run (pid "
                               f"{owner}); wait for it to finish or use another --workdir"
                               ) from None
-    f.seek(0)
-    f.truncate()
-    f.write(str(os.getpid()))
-    f.flush()
+    if write_pid:
+      f.seek(0)
+      f.truncate()
+      f.write(str(os.getpid()))
+      f.flush()
     try:
       yield
     finally:
@@ -388,7 +399,7 @@ def train(task: Task, workdir) -> dict:
   """
   config = task.config
   check_run_config(config)
-  check_workdir(workdir)
+  check_not_in_use(check_workdir(workdir))
   task.prepare()
   with open_run(task, workdir) as run:
     mesh, start_step, total_steps = run.mesh, run.start_step, run.total_steps

@@ -165,13 +165,19 @@ def test_unknown_task_lists_the_registered_ones():
     tasks.create_task(ml_collections.ConfigDict({"task": "nope"}))
 
 
-def test_a_second_training_process_in_the_workdir_is_refused(tmp_path):
+def test_a_second_training_process_in_the_workdir_is_refused(tmp_path, monkeypatch):
   tasks.register_task(ToyRegression)
+  prepared = []
+  original_prepare = ToyRegression.prepare
+  monkeypatch.setattr(ToyRegression, "prepare",
+                      lambda self: (prepared.append(1), original_prepare(self))[1])
+  tmp_path.joinpath(".lock").touch()
   with trainer.workdir_lock(tmp_path):  # as another process holding it would
     with pytest.raises(trainer.WorkdirInUseError,
                        match=rf"workdir {tmp_path} is in use by another training run \(pid "
                              rf"{os.getpid()}\)"):
       trainer.train(tasks.create_task(_config()), tmp_path)
+  assert not prepared  # refused before any data is prepared
   assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
   # Released: the same run now trains.
   assert trainer.train(tasks.create_task(_config(num_train_steps=2)), tmp_path)["steps"] == 2
