@@ -24,7 +24,9 @@ blend uses both.
 
 **Diversity.** Maximal marginal relevance over a candidate pool (``mmr_pool`` items): greedily
 take ``argmax lambda * rel_i - (1 - lambda) * max_{j taken} cos(v_i, v_j)`` with the pool's
-relevance min-max scaled to [0, 1]; ``lambda = 1`` is the plain relevance order.
+relevance min-max scaled to [0, 1]; ``lambda = 1`` is the plain relevance order. For ``multi``
+the relevance is the interleaved order (not the best interest's score), so MMR keeps each
+interest's share of the slots and diversifies within it.
 
 **Cold start.** A user with no history gets the most popular unseen items, and the result says
 so (``strategy: "popularity (no history)"``).
@@ -391,15 +393,21 @@ class Recommender:
       qs = q[owner == u]                                         # [m, D]
       sim = (self.catalog.vectors[pos].astype(np.float64) @ qs.T).max(1) if len(pos) else \
           np.zeros(0)
+      # MMR re-ranks multi-interest lists by their interleaved order, not by the best
+      # interest's score (which would hand every slot back to the dominant interest).
+      relevance = None if strategy == "mean" else -np.arange(len(pos), dtype=np.float64)
       out[u] = self._finish(pos, np.asarray(sc), sim, name, mmr_lambda, k, suffix,
-                            interests=w if strategy == "multi" else None)
+                            interests=w if strategy == "multi" else None, relevance=relevance)
     return out   # type: ignore[return-value]
 
   def _finish(self, pos, scores, sim, name, mmr_lambda, k, suffix, fallback=False,
-              interests=None) -> Recommendation:  # pylint: disable=redefined-outer-name
+              interests=None, relevance=None) -> Recommendation:
+    """The top ``k`` of ``pos`` (MMR over ``relevance``, default ``scores``, when
+    ``mmr_lambda`` is set)."""
     pos = np.asarray(pos, np.int64)
     if mmr_lambda is not None and len(pos):
-      order = mmr(_unit_interval(scores), self.catalog.vectors[pos], k=k, lam=mmr_lambda)
+      relevance = scores if relevance is None else relevance
+      order = mmr(_unit_interval(relevance), self.catalog.vectors[pos], k=k, lam=mmr_lambda)
       name += suffix
     else:
       order = np.arange(min(k, len(pos)))

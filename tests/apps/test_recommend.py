@@ -125,6 +125,15 @@ def test_multi_interest_allocates_slots_by_weight():
   a = [p for p in r.positions if p < 20]
   sims = cat.vectors[a].astype(np.float64) @ centroids[0]
   assert np.all(np.diff(sims) <= 1e-6)
+  # MMR keeps the interests' shares (it re-ranks the interleaved order, not the best
+  # interest's scores, which would hand the slots back to interest A).
+  for lam in (0.3, 0.7, 1.0):
+    m = recommend.Recommender(cat).recommend(cat.ids[hist], k=10, strategy="multi",
+                                             mmr_lambda=lam, mmr_pool=20)
+    assert sum(p >= 20 for p in m.positions) == 4, lam
+  lam1 = recommend.Recommender(cat).recommend(cat.ids[hist], k=10, strategy="multi",
+                                              mmr_lambda=1.0, mmr_pool=20)
+  np.testing.assert_array_equal(lam1.positions, r.positions)
 
 
 def test_num_interests_by_history_size():
