@@ -6,11 +6,13 @@
 ...                                  pp="value_range(0, 1)")     # or from params in code
 >>> export.export(spec, "out/", formats=("stablehlo", "onnx"))
 >>> run = export.load("out/model.onnx"); run(images=uint8_images)["probabilities"]
+>>> spec = export.detector_serving(fcos, variables, canvas_size=384, image_size=(480, 640))
+>>> export.load("out/model.tflite")(images=uint8_images)["boxes"]  # after export(spec, ...)
 
 What is exported is a task's :class:`ServingSpec` (``Task.serving``; or built in code with
-:func:`classifier_serving`, :func:`generator_serving`, :func:`sequence_serving`): a pure JAX
-function of named inputs whose first axis is the batch, any preprocessing included, returning
-named outputs. Every format takes any batch size:
+:func:`classifier_serving`, :func:`generator_serving`, :func:`sequence_serving`,
+:func:`detector_serving`): a pure JAX function of named inputs whose first axis is the batch,
+any preprocessing included, returning named outputs. Every format takes any batch size:
 
 * ``stablehlo``: ``model.stablehlo``, ``jax.export``'s serialized StableHLO with a symbolic
   batch dimension, lowered for :data:`PLATFORMS`. Load it with ``jax.export.deserialize`` and
@@ -27,10 +29,16 @@ named outputs. Every format takes any batch size:
   of its conversions are completed or corrected here, see :func:`_onnx_rewriter`), inputs and
   outputs renamed to the spec's names and checked with ``onnx.checker``.
 
-What is served is the model as trained, in float32 and inference mode, with three rewrites
-that keep its values and only change how TFLite and ONNX see it: flax ``avg_pool`` fields
-(``LeNet5``) become depthwise convolutions, a forecaster's scans are unrolled, and the
-exporter's preprocessing gathers with static slices.
+What is served is the model as trained, in float32 and inference mode, with rewrites that
+keep its values and only change how TensorFlow, TFLite and ONNX see it: flax ``avg_pool``
+fields (``LeNet5``) become depthwise convolutions, a forecaster's scans are unrolled, the
+exporter's preprocessing gathers with static slices; and where a converter cannot read a
+primitive, the program written for it replaces that primitive (see the section "Programs for
+TensorFlow and TFLite"): ``top_k`` becomes a stable sort for the SavedModel and TFLite's
+``TOPK_V2`` for TFLite, and a detector's TFLite program (and so its ONNX one) runs the images
+of a batch one at a time in a loop, inside which every shape is static (TFLite gathers only
+from static shapes). A detector's exported outputs are its padded detections, boxes mapped to
+the input images' pixels (:func:`detector_serving`).
 
 :func:`export` writes the chosen formats and ``export.json`` (inputs, outputs, metadata such as
 class names and the preprocessing, file sizes), then runs each written file on example inputs
@@ -1376,6 +1384,9 @@ def export(spec: ServingSpec, out_dir: str | os.PathLike, *,
 
 
 def _verify(spec: ServingSpec, files: Mapping[str, pathlib.Path], records: dict) -> None:
+  """Runs each file on example inputs: every output within ``PARITY_TOLERANCE * max(1,
+  max |reference output|)`` of the JAX function's (float32 formats); a detector's as
+  :func:`_detection_diffs` compares them."""
   batches = {fmt: (2, 3) if fmt == "stablehlo" else (2,) for fmt in files}
   for fmt, path in files.items():
     run = load(path)
@@ -1383,14 +1394,61 @@ def _verify(spec: ServingSpec, files: Mapping[str, pathlib.Path], records: dict)
     for batch in batches[fmt]:
       inputs = example_inputs(spec, batch, seed=batch)
       ref = reference_outputs(spec, inputs)
-      diff = max_abs_diff(run(**inputs), ref)
-      scale = max(1.0, max(float(np.max(np.abs(v))) for v in ref.values()))
-      if fmt != "tflite_int8" and not diff <= PARITY_TOLERANCE * scale:
+      got = run(**inputs)
+      max_abs_diff(got, ref)  # the same outputs
+      tolerance = {k: PARITY_TOLERANCE * max(1.0, float(np.max(np.abs(v)))) for k, v in ref.items()}
+      if set(ref) == set(DETECTION_OUTPUTS):
+        diffs = _detection_diffs(got, ref, tolerance)
+      else:
+        diffs = {k: max_abs_diff({k: got[k]}, {k: ref[k]}) for k in ref}
+      bad = [k for k in diffs if not diffs[k] <= tolerance.get(k, 0.0)]
+      if fmt != "tflite_int8" and bad:
         raise ExportMismatchError(
-            f"{fmt} export of {spec.name} differs from the JAX function by {diff:.3g} at batch "
-            f"{batch} (tolerance {PARITY_TOLERANCE * scale:.3g}); {path} was written")
-      worst = max(worst, diff)
+            f"{fmt} export of {spec.name} differs from the JAX function in {bad[0]} by "
+            f"{diffs[bad[0]]:.3g} at batch {batch} (tolerance {tolerance.get(bad[0], 0):.3g}); "
+            f"{path} was written")
+      worst = max([worst, *(d for d in diffs.values() if np.isfinite(d))])
     records[fmt]["max_abs_diff"] = worst
+
+
+def _detection_diffs(got: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray],
+                     tolerance: Mapping[str, float]) -> dict[str, float]:
+  """Largest differences between two sets of padded detections, kept box by kept box.
+
+  ``num_valid`` must agree per image (else its entry is inf). Kept detections are compared in
+  order; where the order differs (two scores closer than float error: other summation orders
+  rank them the other way), each detection is matched to one of the same class whose score
+  is within ``tolerance['scores']`` (the closest box); a detection without one makes the
+  ``boxes`` entry inf. The padding is compared slot by slot.
+  """
+  boxes = np.asarray(got["boxes"], np.float64), np.asarray(ref["boxes"], np.float64)
+  scores = np.asarray(got["scores"], np.float64), np.asarray(ref["scores"], np.float64)
+  classes = np.asarray(got["classes"]), np.asarray(ref["classes"])
+  diffs = {"num_valid": max_abs_diff({"n": got["num_valid"]}, {"n": ref["num_valid"]}),
+           "boxes": 0.0, "scores": 0.0, "classes": 0.0}
+  if diffs["num_valid"]:
+    return dict(diffs, num_valid=np.inf)
+  for b, n in enumerate(np.asarray(ref["num_valid"])):
+    pairs = list(zip(range(n), range(n)))
+    in_order = (np.array_equal(classes[0][b, :n], classes[1][b, :n])
+                and np.all(np.abs(scores[0][b, :n] - scores[1][b, :n]) <= tolerance["scores"])
+                and np.all(np.abs(boxes[0][b, :n] - boxes[1][b, :n]) <= tolerance["boxes"]))
+    if not in_order:
+      free, pairs = set(range(n)), []
+      for i in range(n):
+        near = [j for j in free if classes[1][b, j] == classes[0][b, i]
+                and abs(scores[1][b, j] - scores[0][b, i]) <= tolerance["scores"]]
+        if not near:
+          return dict(diffs, boxes=np.inf)
+        j = min(near, key=lambda j: np.max(np.abs(boxes[1][b, j] - boxes[0][b, i])))
+        free.remove(j)
+        pairs.append((i, j))
+    pairs += [(k, k) for k in range(n, ref["scores"].shape[1])]  # the padding
+    i, j = (np.asarray([p[0] for p in pairs], int), np.asarray([p[1] for p in pairs], int))
+    for key, (a, r) in (("boxes", boxes), ("scores", scores), ("classes", classes)):
+      diffs[key] = max(diffs[key], float(np.max(np.abs(a[b, i].astype(np.float64) - r[b, j]),
+                                                initial=0.0)))
+  return diffs
 
 
 def export_mode(task: Task, workdir, *, formats: Sequence[str] = FORMATS,
