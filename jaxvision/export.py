@@ -64,6 +64,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 import warnings
@@ -611,7 +612,9 @@ def detector_serving(model, variables, *, canvas_size: int,
               "value_range": list(value_range), "box_format": "xyxy, input-image pixels",
               "max_detections": int(getattr(model, "max_detections", 0)) or None,
               "score_threshold": getattr(model, "score_threshold", None),
-              "padding": "scores and classes -1, boxes 0 after num_valid"}
+              "padding": "scores and classes -1, boxes 0 after num_valid",
+              # TFLite's program loops over the images of a batch (ONNX's is made from it).
+              "one_image_at_a_time": ["tflite", "tflite_int8", "onnx"]}
   if class_names is not None:
     metadata["class_names"] = list(class_names)
   spec = ServingSpec(fn, _host(variables), (images,), DETECTION_OUTPUTS,
@@ -696,15 +699,18 @@ def _moved_last(fn, x, axis: int):
 
 
 def _top_k_sorted(eqn, operand):
-  """``lax.top_k`` as a stable sort of ``-x`` with an iota (ties: lower index first, as
-  ``top_k``), sliced to ``k``: TensorFlow's StableHLO reads it."""
+  """``lax.top_k`` as a stable sort of ``-x`` (integers: ``~x``, which cannot overflow) with
+  an iota (ties: lower index first, as ``top_k``), sliced to ``k``: TensorFlow's StableHLO
+  reads it."""
   k = int(eqn.params["k"])
+  flip = jnp.negative if jnp.issubdtype(operand.dtype, jnp.floating) else jnp.invert
 
   def last(x):
     n = x.ndim - 1
     iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, n)
-    neg, index = jax.lax.sort((-x, iota), dimension=n, num_keys=1, is_stable=True)
-    return [-jax.lax.slice_in_dim(neg, 0, k, axis=n), jax.lax.slice_in_dim(index, 0, k, axis=n)]
+    keys, index = jax.lax.sort((flip(x), iota), dimension=n, num_keys=1, is_stable=True)
+    return [flip(jax.lax.slice_in_dim(keys, 0, k, axis=n)),
+            jax.lax.slice_in_dim(index, 0, k, axis=n)]
 
   return _moved_last(last, operand, eqn.params.get("axis", operand.ndim - 1))
 
@@ -738,8 +744,12 @@ def _sets_single_elements(eqn) -> bool:
   inserted = tuple(int(d) for d in dn.inserted_window_dims)
   if dn.update_window_dims or sorted(inserted + batching) != list(range(operand.ndim)):
     return False
-  batch = int(np.prod([operand.shape[d] for d in batching])) if batching else 1
-  return bool(eqn.params.get("unique_indices")) or updates.size <= batch
+  if eqn.params.get("unique_indices"):
+    return True
+  try:  # one update per batch element cannot collide
+    return int(updates.size) <= int(np.prod([operand.shape[d] for d in batching]))
+  except (TypeError, jax_core.InconclusiveDimensionOperation):  # a symbolic batch
+    return False
 
 
 def _scatter_as_select(eqn, operand, indices, updates):
@@ -1029,7 +1039,6 @@ def to_tflite(saved_model_dir: str | os.PathLike, path: str | os.PathLike, *,
 
 def _converter_problem(message: str) -> str:
   """The first op TFLite's converter failed on, from its error message, in one line."""
-  import re
   for pattern, what in (
       (r"'([\w.]+)' op is neither a custom op nor a flex op", "op {} has no TFLite kernel"),
       (r"'([\w.]+)' op is not part of the vhlo support", "op {} has no TFLite form"),
@@ -1080,7 +1089,6 @@ def to_onnx(tflite_path: str | os.PathLike, path: str | os.PathLike, *,
           str(tflite_path), input_names=list(inputs), output_names=list(outputs), opset=opset,
           custom_rewriter=[_onnx_rewriter], output_path=os.path.join(tmp, "model.onnx"))
     except ValueError as e:
-      import re
       code = re.search(r"Can't lookup value (\d+) for tflite enum BuiltinOperator", str(e))
       if code is None:
         raise

@@ -702,6 +702,10 @@ def test_top_k_as_a_sort_breaks_ties_as_top_k_inside_jit_vmap_and_loops():
   np.testing.assert_array_equal(got[1], sums)
   xt = np.swapaxes(x, 1, 2)
   np.testing.assert_array_equal(got[2][1], np.argsort(-xt, axis=-1, kind="stable")[..., :2])
+  ints = np.array([[3, np.iinfo(np.int32).min, 7, 3, np.iinfo(np.int32).max, -1]], np.int32)
+  values, index = jax.jit(_as_tf_reads(lambda v: jax.lax.top_k(v, 4)))(ints)
+  np.testing.assert_array_equal(index, [[4, 2, 0, 3]])  # no overflow at the int32 limits
+  np.testing.assert_array_equal(values, ints[:, [4, 2, 0, 3]])
 
 
 @pytest.mark.parametrize("mode", ["fill", "clip"])
