@@ -1,6 +1,12 @@
 """Inference latency of ResNet-18 (CIFAR stem, 32x32x3, 10 classes) in each exported format.
 
   python -m benchmarks.export_latency --out benchmarks/results/<machine>_<date>_export-latency.json
+  python -m benchmarks.export_latency --model=bccd_fcos --workdir=runs/bccd_fcos --batches=1,8
+
+``--model`` picks ResNet-18 (default) or a BCCD detector of ``benchmarks/export_parity.py``
+(``bccd_fcos``, ``bccd_faster_rcnn``: 640x480 uint8 images in, padded detections out; the
+trained weights of ``--workdir``, else random init). A detector's TFLite and ONNX programs run
+the images of a batch one at a time (see ``jaxvision.export``).
 
 One process, one machine. The serving function (uint8 images in, the config's evaluation
 preprocessing and the model inside, logits and probabilities out; random init) is run as
@@ -31,7 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks import export_models, timing  # noqa: E402
+from benchmarks import export_models, export_parity, timing  # noqa: E402
 from jaxvision import export  # noqa: E402
 
 EXPORT_PACKAGES = ("tensorflow", "tf2onnx", "onnx", "onnxruntime", "ai-edge-litert")
@@ -64,12 +70,26 @@ def runners(spec, out_dir: pathlib.Path, threads: int) -> dict:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--model", default="resnet18_cifar",
+                      choices=("resnet18_cifar", *export_parity.DETECTORS))
+  parser.add_argument("--workdir", help="a trained workdir of the --model detector")
   parser.add_argument("--batches", default="1,32")
   parser.add_argument("--rounds", type=int, default=20)
   parser.add_argument("--threads", type=int, default=os.cpu_count())
   parser.add_argument("--out", help="JSON file for the records")
   args = parser.parse_args()
-  spec, reference, inputs = export_models.resnet18_cifar()
+  if args.model in export_parity.DETECTORS:
+    spec, reference, inputs, _ = export_parity.detector(
+        args.model, args.workdir)
+
+    def difference(got, want):
+      found = export_parity.compare_detections(got, want)
+      return max(found["boxes"], found["scores"])
+  else:
+    spec, reference, inputs = export_models.resnet18_cifar()
+
+    def difference(got, want):
+      return max(float(np.max(np.abs(got[k].astype(np.float64) - want[k]))) for k in want)
   records = []
   with tempfile.TemporaryDirectory() as tmp:
     run = runners(spec, pathlib.Path(tmp), args.threads)
@@ -83,8 +103,7 @@ def main():
         t0 = time.perf_counter()
         got = run[f](**x)
         record["warmup_seconds"][f] = time.perf_counter() - t0
-        record["max_abs_diff"][f] = max(
-            float(np.max(np.abs(got[k].astype(np.float64) - want[k]))) for k in want)
+        record["max_abs_diff"][f] = difference(got, want)
       order = list(FORMATS)
       shuffle = np.random.default_rng(batch)
       for _ in range(args.rounds):

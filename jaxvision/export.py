@@ -6,11 +6,13 @@
 ...                                  pp="value_range(0, 1)")     # or from params in code
 >>> export.export(spec, "out/", formats=("stablehlo", "onnx"))
 >>> run = export.load("out/model.onnx"); run(images=uint8_images)["probabilities"]
+>>> spec = export.detector_serving(fcos, variables, canvas_size=384, image_size=(480, 640))
+>>> export.load("out/model.tflite")(images=uint8_images)["boxes"]  # after export(spec, ...)
 
 What is exported is a task's :class:`ServingSpec` (``Task.serving``; or built in code with
-:func:`classifier_serving`, :func:`generator_serving`, :func:`sequence_serving`): a pure JAX
-function of named inputs whose first axis is the batch, any preprocessing included, returning
-named outputs. Every format takes any batch size:
+:func:`classifier_serving`, :func:`generator_serving`, :func:`sequence_serving`,
+:func:`detector_serving`): a pure JAX function of named inputs whose first axis is the batch,
+any preprocessing included, returning named outputs. Every format takes any batch size:
 
 * ``stablehlo``: ``model.stablehlo``, ``jax.export``'s serialized StableHLO with a symbolic
   batch dimension, lowered for :data:`PLATFORMS`. Load it with ``jax.export.deserialize`` and
@@ -27,10 +29,16 @@ named outputs. Every format takes any batch size:
   of its conversions are completed or corrected here, see :func:`_onnx_rewriter`), inputs and
   outputs renamed to the spec's names and checked with ``onnx.checker``.
 
-What is served is the model as trained, in float32 and inference mode, with three rewrites
-that keep its values and only change how TFLite and ONNX see it: flax ``avg_pool`` fields
-(``LeNet5``) become depthwise convolutions, a forecaster's scans are unrolled, and the
-exporter's preprocessing gathers with static slices.
+What is served is the model as trained, in float32 and inference mode, with rewrites that
+keep its values and only change how TensorFlow, TFLite and ONNX see it: flax ``avg_pool``
+fields (``LeNet5``) become depthwise convolutions, a forecaster's scans are unrolled, the
+exporter's preprocessing gathers with static slices; and where a converter cannot read a
+primitive, the program written for it replaces that primitive (see the section "Programs for
+TensorFlow and TFLite"): ``top_k`` becomes a stable sort for the SavedModel and TFLite's
+``TOPK_V2`` for TFLite, and a detector's TFLite program (and so its ONNX one) runs the images
+of a batch one at a time in a loop, inside which every shape is static (TFLite gathers only
+from static shapes). A detector's exported outputs are its padded detections, boxes mapped to
+the input images' pixels (:func:`detector_serving`).
 
 :func:`export` writes the chosen formats and ``export.json`` (inputs, outputs, metadata such as
 class names and the preprocessing, file sizes), then runs each written file on example inputs
@@ -56,15 +64,18 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 import warnings
+import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.extend import core as jax_core
+from jax.extend import source_info_util
 import numpy as np
 
 from jaxvision import tasks
@@ -74,9 +85,11 @@ from jaxvision.training.task import ServingSpec, Task, TensorSpec
 
 __all__ = [
     "FORMATS", "ALL_FORMATS", "PLATFORMS", "ExportMismatchError", "MissingExtraError",
+    "UnsupportedOpError",
     "ServingSpec", "TensorSpec", "classifier_serving", "generator_serving", "sequence_serving",
-    "preprocessing_fn", "serving_from_workdir", "export_stablehlo", "to_saved_model",
-    "to_tflite", "to_onnx", "export", "export_workdir", "export_mode", "load",
+    "detector_serving", "DETECTION_OUTPUTS", "preprocessing_fn", "detection_preprocessing_fn",
+    "serving_from_workdir", "export_stablehlo", "to_saved_model", "to_tflite", "to_onnx",
+    "export", "export_workdir", "export_mode", "load",
 ]
 
 # The formats written by default, and every format known (``tflite_int8`` on request).
@@ -95,6 +108,8 @@ FILE_NAMES = {"stablehlo": "model.stablehlo", "saved_model": "saved_model",
 SUMMARY_FILE = "export.json"
 EXPORT_EXTRA = "pip install 'jaxvision[export]'"
 _DTYPES = {"uint8": np.uint8, "float32": np.float32, "int32": np.int32}
+# A detector's outputs (see :func:`detector_serving`).
+DETECTION_OUTPUTS = ("boxes", "scores", "classes", "num_valid")
 
 
 class ExportMismatchError(RuntimeError):
@@ -103,6 +118,10 @@ class ExportMismatchError(RuntimeError):
 
 class MissingExtraError(ImportError):
   """A package of the optional ``export`` extra is not installed."""
+
+
+class UnsupportedOpError(ValueError):
+  """A format's converter cannot express an op of the program (the message names it)."""
 
 
 def _require(module: str, what: str):
@@ -495,6 +514,114 @@ def sequence_serving(model, variables, *, input_shape: Sequence[int],
                                    name or type(model).__name__, metadata))
 
 
+def _fit_to_canvas(image_size: tuple[int, int], canvas: int) -> tuple[tuple[int, int], np.ndarray]:
+  """``(resized (h, w), scale (sy, sx) float32)``, as ``data.detection.resize_crop_pad``
+  computes them in float32 for an eval image (``scale=1``): the longer side fitted to the
+  canvas, ``round`` half to even, at least 1 pixel."""
+  hw = np.asarray(image_size, np.float32)
+  fit = np.float32(canvas) / np.float32(hw.max())
+  new = np.maximum(np.round(hw * fit * np.float32(1.0)).astype(np.int32), 1)
+  return (int(new[0]), int(new[1])), (new.astype(np.float32) / hw).astype(np.float32)
+
+
+def detection_preprocessing_fn(image_size: Sequence[int], canvas_size: int,
+                               value_range: Sequence[float] = (0.0, 1.0)
+                               ) -> Callable[[jax.Array], jax.Array]:
+  """The detection task's evaluation preprocessing (``data.detection.preprocess_eval``) as a
+  batched JAX function of fixed-size images.
+
+  ``uint8 [N, H, W, 3] -> float32 [N, S, S, 3]``: pixel values mapped ``[0, 255] ->
+  value_range``, the image resized (bilinear, half-pixel centres, no antialias) so that its
+  longer side fits the canvas ``S`` keeping its aspect ratio, then zero-padded at the bottom
+  and right. The same float32 operations as TF's, in its order.
+  """
+  canvas = int(canvas_size)
+  h, w = _hw(image_size)
+  (new_h, new_w), _ = _fit_to_canvas((h, w), canvas)
+  lo, hi = (float(v) for v in value_range)
+  scale, offset = np.float32((hi - lo) / 255.0), np.float32(lo)
+
+  def fn(images: jax.Array) -> jax.Array:
+    x = _rounded_product(images.astype(jnp.float32), scale) + offset
+    if (new_h, new_w) != (h, w):  # TF interpolates along the width first, then the height
+      x = _resize_axis(_resize_axis(x, 2, new_w, "bilinear"), 1, new_h, "bilinear")
+    return jnp.pad(x, ((0, 0), (0, canvas - new_h), (0, canvas - new_w), (0, 0)))
+
+  return fn
+
+
+def detector_serving(model, variables, *, canvas_size: int,
+                     image_size: Sequence[int] | int | None = None,
+                     value_range: Sequence[float] = (0.0, 1.0),
+                     class_names: Sequence[str] | None = None,
+                     name: str | None = None) -> ServingSpec:
+  """A detector's serving function: uint8 images in, padded detections in their pixels out.
+
+  Args:
+    model: a detector of ``jaxvision.models.detection`` (``FCOS``, ``FasterRCNN``):
+      ``model.apply(variables, canvases, train=False)`` gives padded detections in canvas
+      pixels (its own post-processing: top-k, decoding, NMS); run in float32.
+    variables: its variables (``{'params', 'batch_stats'?}``).
+    canvas_size: ``S``, the square canvas the detector was trained on (the detection config's
+      ``canvas_size``).
+    image_size: ``(H, W)`` (or one int) of the served images, fixed when exported; default
+      ``(S, S)``.
+    value_range: pixel values ``[0, 255]`` map to it (the config's ``value_range``).
+    class_names: the ``K`` labels, recorded in the metadata.
+    name: the model's name (default: its class name).
+
+  Inside: the task's evaluation preprocessing (:func:`detection_preprocessing_fn`), the
+  detector with its post-processing, and the boxes mapped back to the input images (divided
+  by the resize scale, clipped to the image), every shape static.
+
+  Returns:
+    Input ``images`` uint8 ``[N, H, W, 3]``; outputs ``boxes`` float32 ``[N, D, 4]`` xyxy in
+    input-image pixels (0 in padding), ``scores`` float32 ``[N, D]`` decreasing (-1 in
+    padding), ``classes`` int32 ``[N, D]`` (-1 in padding) and ``num_valid`` int32 ``[N]``
+    (``D``: the detector's ``max_detections``).
+  """
+  if not (isinstance(canvas_size, (int, np.integer)) and canvas_size >= 1):
+    raise ValueError(f"canvas_size must be an integer >= 1; found {canvas_size!r}")
+  canvas = int(canvas_size)
+  size = (canvas, canvas) if image_size is None else image_size
+  try:
+    h, w = _hw(size)
+  except (TypeError, ValueError, IndexError):
+    h = w = 0
+  if h < 1 or w < 1 or (not isinstance(size, (int, np.integer)) and len(size) != 2):
+    raise ValueError(f"image_size must be (H, W) of positive integers; found {image_size!r}")
+  value_range = tuple(float(v) for v in value_range)
+  if len(value_range) != 2 or not all(np.isfinite(value_range)):
+    raise ValueError(f"value_range must be two finite numbers (lo, hi); found {value_range}")
+  model = _serving_model(model)
+  pre = detection_preprocessing_fn((h, w), canvas, value_range)
+  _, scale_yx = _fit_to_canvas((h, w), canvas)
+  scale = np.asarray([scale_yx[1], scale_yx[0]] * 2, np.float32)  # xyxy
+  limit = np.asarray([w, h, w, h], np.float32)
+  images = TensorSpec("images", (None, h, w, 3), "uint8", 0, 255)
+
+  def fn(variables, images):
+    det = model.apply(variables, pre(images), train=False)
+    boxes = jnp.clip(det["boxes"].astype(jnp.float32) / scale, 0.0, limit)
+    return {"boxes": boxes, "scores": det["scores"].astype(jnp.float32),
+            "classes": det["classes"].astype(jnp.int32),
+            "num_valid": det["num_valid"].astype(jnp.int32)}
+
+  metadata = {"task": "detection", "image_size": [h, w], "canvas_size": canvas,
+              "value_range": list(value_range), "box_format": "xyxy, input-image pixels",
+              "max_detections": int(getattr(model, "max_detections", 0)) or None,
+              "score_threshold": getattr(model, "score_threshold", None),
+              "padding": "scores and classes -1, boxes 0 after num_valid",
+              # TFLite's program loops over the images of a batch (ONNX's is made from it).
+              "one_image_at_a_time": ["tflite", "tflite_int8", "onnx"]}
+  if class_names is not None:
+    metadata["class_names"] = list(class_names)
+  spec = ServingSpec(fn, _host(variables), (images,), DETECTION_OUTPUTS,
+                     name or type(model).__name__, metadata)
+  _PER_EXAMPLE_ON_TFLITE.add(fn)
+  return _check_traces(spec)
+
+
 def serving_from_workdir(workdir, *, checkpoint: str = "best") -> tuple[ServingSpec, int]:
   """``(spec, checkpoint step)``: the serving function of a workdir's best (or latest)
   checkpoint, from its task's :meth:`Task.serving`."""
@@ -537,6 +664,270 @@ def _keyword_fn(spec: ServingSpec):
   return fn
 
 
+# -- Programs for TensorFlow and TFLite: portable formulations chosen at export. ----------------
+# StableHLO holds the serving function as traced. The SavedModel's and TFLite's converters
+# read less: TensorFlow's StableHLO (an older version) has no ``composite`` op, which JAX's
+# ``top_k`` is serialized as, and TFLite's converter takes neither ``sort``, nor a gather or
+# slice of an operand of dynamic shape (the batch), nor integer bitwise ops; tf2onnx cannot
+# read the ``STABLEHLO_SCATTER`` op TFLite keeps for a batched scatter. Export traces the
+# serving function to a jaxpr and re-emits it with those primitives replaced (inside jit,
+# loops, conditionals and custom derivatives too): the values are the same, only their
+# formulation changes.
+
+# Per-example functions (detectors): their TFLite program runs the examples of a batch one at
+# a time in a loop, so that every shape inside is static.
+_PER_EXAMPLE_ON_TFLITE: weakref.WeakSet = weakref.WeakSet()
+# TFLite ops emitted as ``stablehlo.custom_call @tfl.<op>``, which TFLite's converter turns
+# into that op ("TFL op on a StableHLO custom-call carrier"; attributes in the backend
+# config). Only in the SavedModel written for TFLite, which TensorFlow itself cannot run.
+_TFL_OPS = ("tfl.topk_v2", "tfl.gather")
+
+
+def _tfl_call(op: str, results, *operands, **attributes):
+  config = "{" + ", ".join(f"{k} = {v} : i32" for k, v in attributes.items()) + "}"
+  return jax.ffi.ffi_call(op, results, custom_call_api_version=1,
+                          legacy_backend_config=config)(*operands)
+
+
+def _moved_last(fn, x, axis: int):
+  """``fn`` of ``x`` with ``axis`` moved last, its outputs moved back."""
+  last = x.ndim - 1
+  if axis in (-1, last):
+    return fn(x)
+  return [jnp.moveaxis(y, -1, axis) for y in fn(jnp.moveaxis(x, axis, -1))]
+
+
+def _top_k_sorted(eqn, operand):
+  """``lax.top_k`` as a stable sort of ``-x`` (integers: ``~x``, which cannot overflow) with
+  an iota (ties: lower index first, as ``top_k``), sliced to ``k``: TensorFlow's StableHLO
+  reads it."""
+  k = int(eqn.params["k"])
+  flip = jnp.negative if jnp.issubdtype(operand.dtype, jnp.floating) else jnp.invert
+
+  def last(x):
+    n = x.ndim - 1
+    iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, n)
+    keys, index = jax.lax.sort((flip(x), iota), dimension=n, num_keys=1, is_stable=True)
+    return [flip(jax.lax.slice_in_dim(keys, 0, k, axis=n)),
+            jax.lax.slice_in_dim(index, 0, k, axis=n)]
+
+  return _moved_last(last, operand, eqn.params.get("axis", operand.ndim - 1))
+
+
+def _top_k_tflite(eqn, operand):
+  """``lax.top_k`` as TFLite's ``TOPK_V2`` (sorted, ties: lower index first)."""
+  k = int(eqn.params["k"])
+
+  def last(x):
+    shape = (*x.shape[:-1], k)
+    return list(_tfl_call("tfl.topk_v2", (jax.ShapeDtypeStruct(shape, x.dtype),
+                                          jax.ShapeDtypeStruct(shape, jnp.int32)),
+                          x, jnp.int32(k)))
+
+  return _moved_last(last, operand, eqn.params.get("axis", operand.ndim - 1))
+
+
+def _tfl_take(x: jax.Array, i) -> jax.Array:
+  """``x[i:i + 1]`` along the batch axis as TFLite's ``GATHER`` (of a dynamic-shaped
+  operand, which TFLite's converter does not slice)."""
+  return _tfl_call("tfl.gather", jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype),
+                   x, jnp.reshape(i, (1,)).astype(jnp.int32), axis=0, batch_dims=0)
+
+
+def _sets_single_elements(eqn) -> bool:
+  """Whether a ``scatter`` equation sets single elements (``x.at[i].set(v)``, also vmapped:
+  no window, every operand axis indexed or batched) without colliding updates."""
+  dn = eqn.params["dimension_numbers"]
+  operand, _, updates = (v.aval for v in eqn.invars)
+  batching = tuple(int(d) for d in getattr(dn, "operand_batching_dims", ()))
+  inserted = tuple(int(d) for d in dn.inserted_window_dims)
+  if dn.update_window_dims or sorted(inserted + batching) != list(range(operand.ndim)):
+    return False
+  if eqn.params.get("unique_indices"):
+    return True
+  try:  # one update per batch element cannot collide
+    return int(updates.size) <= int(np.prod([operand.shape[d] for d in batching]))
+  except (TypeError, jax_core.InconclusiveDimensionOperation):  # a symbolic batch
+    return False
+
+
+def _scatter_as_select(eqn, operand, indices, updates):
+  """A scatter setting single elements as a one-hot mask and a select: TFLite keeps a
+  batched scatter as ``STABLEHLO_SCATTER``, which tf2onnx cannot read."""
+  dn = eqn.params["dimension_numbers"]
+  batching = tuple(int(d) for d in getattr(dn, "operand_batching_dims", ()))
+  index_batching = tuple(int(d) for d in getattr(dn, "scatter_indices_batching_dims", ()))
+  # JAX's scatters keep the index vector last: update axis u is indices axis u.
+  target = {}
+  for k, d in enumerate(dn.scatter_dims_to_operand_dims):
+    t = indices[..., k].astype(jnp.int32)
+    if eqn.params.get("mode") == jax.lax.GatherScatterMode.CLIP:
+      t = jnp.clip(t, 0, operand.shape[int(d)] - 1)
+    target[int(d)] = t
+  for d, u in zip(batching, index_batching):
+    target[d] = jax.lax.broadcasted_iota(jnp.int32, updates.shape, u)
+  rank, shape = updates.ndim, updates.shape + operand.shape
+  mask = None
+  for d in range(operand.ndim):
+    here = jax.lax.broadcasted_iota(jnp.int32, shape, rank + d)
+    # A difference compared with 0: TFLite would fuse ``iota == index`` into a ONE_HOT whose
+    # rank-2 indices tf2onnx cannot convert.
+    hit = (here - jnp.reshape(target[d], updates.shape + (1,) * operand.ndim)) == 0
+    mask = hit if mask is None else mask & hit
+  spread = jnp.reshape(updates, updates.shape + (1,) * operand.ndim)
+  axes = tuple(range(rank))
+  value = jnp.sum(jnp.where(mask, spread, jnp.zeros((), updates.dtype)), axis=axes)
+  return jnp.where(jnp.any(mask, axis=axes), value.astype(operand.dtype), operand)
+
+
+def _is_div_exact(eqn) -> bool:
+  info = getattr(eqn.params["call_jaxpr"].jaxpr, "debug_info", None)
+  source = getattr(info, "func_src_info", None) or ""
+  return source.startswith("_div_exact_f32 ") and "roi_align" in source
+
+
+def _div_exact_as_division(eqn, *args):
+  """``ops.roi_align.div_exact`` (a correctly rounded float32 ``a / n`` under XLA, through
+  integer bit operations TFLite lacks) as a plain division, which TFLite and ONNX Runtime
+  round correctly."""
+  a, n = args[eqn.params.get("num_consts", 0):]
+  return [a / n]
+
+
+def _always(eqn) -> bool:
+  del eqn
+  return True
+
+
+# Rules: primitive name -> (matches(eqn), rule(eqn, *inputs) giving the outputs, a list for
+# primitives with several results).
+_TENSORFLOW_RULES = {"top_k": (_always, _top_k_sorted)}
+_TFLITE_RULES = {"top_k": (_always, _top_k_tflite),
+                 "scatter": (_sets_single_elements, _scatter_as_select),
+                 "custom_jvp_call": (_is_div_exact, _div_exact_as_division)}
+# Call-like primitives whose body is inlined (the rules reach inside).
+_INLINED = {"jit": "jaxpr", "pjit": "jaxpr", "closed_call": "call_jaxpr",
+            "core_call": "call_jaxpr", "custom_jvp_call": "call_jaxpr",
+            "custom_vjp_call": "call_jaxpr", "custom_vjp_call_jaxpr": "fun_jaxpr",
+            "remat": "jaxpr", "checkpoint": "jaxpr"}
+
+
+def _uses(jaxpr, rules) -> bool:
+  """Whether a rule applies to an equation of ``jaxpr`` (a Jaxpr) or of a jaxpr inside it."""
+  for eqn in jaxpr.eqns:
+    rule = rules.get(eqn.primitive.name)
+    if rule is not None and rule[0](eqn):
+      return True
+    if any(_uses(sub, rules) for sub in jax_core.jaxprs_in_params(eqn.params)):
+      return True
+  return False
+
+
+def _closed(value):
+  return isinstance(value, jax_core.ClosedJaxpr)
+
+
+def _rewrite_closed(closed, rules):
+  """``closed`` (a ClosedJaxpr) with ``rules`` applied, as a new ClosedJaxpr of the same
+  input and output types (``closed`` itself when no rule applies)."""
+  if not _uses(closed.jaxpr, rules):
+    return closed
+  avals = [jax.ShapeDtypeStruct(a.shape, a.dtype, weak_type=a.weak_type)
+           for a in closed.in_avals]
+  new = jax.make_jaxpr(lambda *a: _eval(closed.jaxpr, closed.consts, a, rules))(*avals)
+  if [(a.shape, a.dtype) for a in new.out_avals] != [(a.shape, a.dtype)
+                                                     for a in closed.out_avals]:
+    raise AssertionError(f"a rewrite changed output types {closed.out_avals} -> "
+                         f"{new.out_avals}")
+  return new
+
+
+def _eval(jaxpr, consts, args, rules) -> list:
+  """Evaluates ``jaxpr`` on ``args`` (under the caller's trace), applying ``rules``."""
+  env = {}
+
+  def read(v):
+    return v.val if isinstance(v, jax_core.Literal) else env[v]
+
+  for v, x in zip(jaxpr.constvars, consts):
+    env[v] = x
+  for v, x in zip(jaxpr.invars, args):
+    env[v] = x
+  for eqn in jaxpr.eqns:
+    inputs = [read(v) for v in eqn.invars]
+    name = eqn.primitive.name
+    # The equation's source location: the programs' ops keep pointing at the model's code.
+    with source_info_util.user_context(eqn.source_info.traceback,
+                                       name_stack=eqn.source_info.name_stack):
+      if name in rules and rules[name][0](eqn):
+        out = rules[name][1](eqn, *inputs)
+      elif name in _INLINED and _closed(eqn.params.get(_INLINED[name])):
+        body = eqn.params[_INLINED[name]]
+        out = _eval(body.jaxpr, body.consts, inputs, rules)
+      else:
+        params = dict(eqn.params)
+        for key, value in params.items():
+          if _closed(value):
+            params[key] = _rewrite_closed(value, rules)
+          elif isinstance(value, tuple) and value and all(_closed(v) for v in value):
+            params[key] = tuple(_rewrite_closed(v, rules) for v in value)
+        out = eqn.primitive.bind(*inputs, **eqn.primitive.get_bind_params(params))
+    if not eqn.primitive.multiple_results and name not in _INLINED:
+      out = [out]
+    for v, x in zip(eqn.outvars, out):
+      if not isinstance(v, jax_core.DropVar):
+        env[v] = x
+  return [read(v) for v in jaxpr.outvars]
+
+
+def _rewritten(fn: Callable, rules) -> Callable:
+  """``fn`` (arrays in, a pytree of arrays out) with the primitives of ``rules`` replaced."""
+
+  def wrapped(*args):
+    flat, tree = jax.tree.flatten(args)
+    avals = [jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)) for x in flat]
+    closed, out_shape = jax.make_jaxpr(
+        lambda *f: fn(*jax.tree.unflatten(tree, f)), return_shape=True)(*avals)
+    out = _eval(closed.jaxpr, closed.consts, flat, rules)
+    return jax.tree.unflatten(jax.tree.structure(out_shape), out)
+
+  return wrapped
+
+
+def _one_at_a_time(fn: Callable) -> Callable:
+  """``fn(variables, *inputs)`` run on the examples of the batch one by one (a loop whose
+  body has static shapes; each example taken with TFLite's ``GATHER``), outputs stacked."""
+
+  def looped(variables, *inputs):
+    batch = inputs[0].shape[0]
+    one = [jax.ShapeDtypeStruct((1, *x.shape[1:]), x.dtype) for x in inputs]
+    shapes = jax.eval_shape(fn, variables, *one)
+    init = {k: jnp.zeros((batch, *s.shape[1:]), s.dtype) for k, s in shapes.items()}
+
+    def body(i, outs):
+      out = fn(variables, *(_tfl_take(x, i) for x in inputs))
+      return {k: jax.lax.dynamic_update_slice_in_dim(outs[k], out[k], i, axis=0)
+              for k in outs}
+
+    return jax.lax.fori_loop(0, batch, body, init)
+
+  return looped
+
+
+def _program(spec: ServingSpec, target: str) -> tuple[Callable, bool]:
+  """``(fn, changed)``: the serving function as written for ``target`` (``'tensorflow'``:
+  the SavedModel TensorFlow runs; ``'tflite'``: the SavedModel TFLite is converted from),
+  and whether it differs from ``spec.fn``."""
+  rules = _TENSORFLOW_RULES if target == "tensorflow" else _TFLITE_RULES
+  per_example = target == "tflite" and spec.fn in _PER_EXAMPLE_ON_TFLITE
+  args = [jax.ShapeDtypeStruct((1, *s.shape[1:]), s.dtype) for s in spec.inputs]
+  if not per_example and not _uses(jax.make_jaxpr(spec.fn)(spec.variables, *args).jaxpr,
+                                   rules):
+    return spec.fn, False
+  fn = _rewritten(spec.fn, rules)
+  return (_one_at_a_time(fn) if per_example else fn), True
+
+
 def export_stablehlo(spec: ServingSpec, path: str | os.PathLike | None = None, *,
                      platforms: Sequence[str] = PLATFORMS) -> jax.export.Exported:
   """``jax.export`` of ``spec`` with a symbolic batch; written to ``path`` when given.
@@ -554,23 +945,35 @@ def export_stablehlo(spec: ServingSpec, path: str | os.PathLike | None = None, *
 
 
 def to_saved_model(spec: ServingSpec, path: str | os.PathLike, *,
-                   platforms: Sequence[str] = PLATFORMS) -> pathlib.Path:
+                   platforms: Sequence[str] = PLATFORMS, for_tflite: bool = False
+                   ) -> pathlib.Path:
   """Writes ``spec`` as a TensorFlow SavedModel (``jax2tf``, native serialization).
 
   The ``serving_default`` signature takes the named inputs (batch of any size) and returns
   the named outputs; the variables are ``tf.Variable``s of the model. Any existing ``path``
-  is replaced.
+  is replaced. The program is the serving function with the formulations TensorFlow reads
+  (``top_k`` as a sort).
+
+  ``for_tflite``: instead, the program for :func:`to_tflite` (``top_k`` and the batch's
+  per-example gather as TFLite ops carried by custom calls, a detector's examples one at a
+  time, ...; see the section "Programs for TensorFlow and TFLite"); TensorFlow cannot run it.
   """
-  return _in_own_thread(_write_saved_model, spec, pathlib.Path(path), tuple(platforms))
+  return _in_own_thread(_write_saved_model, spec, pathlib.Path(path), tuple(platforms),
+                        "tflite" if for_tflite else "tensorflow")
 
 
-def _write_saved_model(spec: ServingSpec, path: pathlib.Path, platforms) -> pathlib.Path:
+def _write_saved_model(spec: ServingSpec, path: pathlib.Path, platforms,
+                       target: str = "tensorflow") -> pathlib.Path:
   import tensorflow as tf
   from jax.experimental import jax2tf
 
+  fn, _ = _program(spec, target)
   poly = [None] + [f"({', '.join(['b', *map(str, s.shape[1:])])})" for s in spec.inputs]
-  converted = jax2tf.convert(spec.fn, polymorphic_shapes=poly, with_gradient=False,
-                             native_serialization_platforms=platforms)
+  checks = ([jax.export.DisabledSafetyCheck.custom_call(op) for op in _TFL_OPS]
+            if target == "tflite" else [])
+  converted = jax2tf.convert(fn, polymorphic_shapes=poly, with_gradient=False,
+                             native_serialization_platforms=platforms,
+                             native_serialization_disabled_checks=checks)
   module = tf.Module()
   module.variables_ = tf.nest.map_structure(
       lambda a: tf.Variable(a, trainable=False), spec.variables)
@@ -608,6 +1011,9 @@ def to_tflite(saved_model_dir: str | os.PathLike, path: str | os.PathLike, *,
     path: the ``.tflite`` file to write.
     quantize: None (float32) or ``'dynamic_int8'`` (weights stored as int8 and dequantised
       or used by int8 kernels at run time; activations float).
+
+  Raises:
+    UnsupportedOpError: the converter cannot express an op of the program (named).
   """
   import tensorflow as tf
   if quantize not in (None, "dynamic_int8"):
@@ -617,10 +1023,33 @@ def to_tflite(saved_model_dir: str | os.PathLike, path: str | os.PathLike, *,
                                                          signature_keys=["serving_default"])
     if quantize == "dynamic_int8":
       converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    flatbuffer = converter.convert()
+    try:
+      flatbuffer = converter.convert()
+    except Exception as e:  # pylint: disable=broad-except
+      if type(e).__name__ != "ConverterError":
+        raise
+      raise UnsupportedOpError(
+          f"TFLite cannot convert {saved_model_dir}: {_converter_problem(str(e))} (export() "
+          f"converts the program to_saved_model(..., for_tflite=True) writes)") from None
   path = pathlib.Path(path)
   path.write_bytes(flatbuffer)
   return path
+
+
+def _converter_problem(message: str) -> str:
+  """The first op TFLite's converter failed on, from its error message, in one line."""
+  for pattern, what in (
+      (r"'([\w.]+)' op is neither a custom op nor a flex op", "op {} has no TFLite kernel"),
+      (r"'([\w.]+)' op is not part of the vhlo support", "op {} has no TFLite form"),
+      (r"'([\w.]+)' op Dynamic shaped operand is not supported",
+       "op {} of an operand of dynamic shape (the batch) has no TFLite form"),
+      (r"unregistered operation '([\w.]+)'",
+       "op {} is newer than the StableHLO TensorFlow reads")):
+    found = re.search(pattern, message)
+    if found:
+      return what.format(found.group(1))
+  lines = [line.strip() for line in message.splitlines() if "error" in line.lower()]
+  return (lines or [message.strip().splitlines()[0]])[0][:300]
 
 
 def _tflite_interpreter(path: str | os.PathLike, num_threads: int | None = None):
@@ -642,6 +1071,9 @@ def to_onnx(tflite_path: str | os.PathLike, path: str | os.PathLike, *,
   The graph's inputs and outputs get the TFLite signature's names (the spec's names, e.g.
   ``images`` and ``probabilities``); the batch axis stays dynamic. Checked with
   ``onnx.checker``.
+
+  Raises:
+    UnsupportedOpError: the TFLite model holds an op tf2onnx cannot read (named).
   """
   tf2onnx = _require("tf2onnx", "ONNX export")
   onnx = _require("onnx", "ONNX export")
@@ -651,14 +1083,30 @@ def to_onnx(tflite_path: str | os.PathLike, path: str | os.PathLike, *,
   inputs = {v["name"]: k for k, v in signature.get_input_details().items()}
   outputs = {v["name"]: k for k, v in signature.get_output_details().items()}
   with _quiet(), tempfile.TemporaryDirectory() as tmp:
-    model, _ = tf2onnx.convert.from_tflite(
-        str(tflite_path), input_names=list(inputs), output_names=list(outputs), opset=opset,
-        custom_rewriter=[_onnx_rewriter], output_path=os.path.join(tmp, "model.onnx"))
+    try:
+      model, _ = tf2onnx.convert.from_tflite(
+          str(tflite_path), input_names=list(inputs), output_names=list(outputs), opset=opset,
+          custom_rewriter=[_onnx_rewriter], output_path=os.path.join(tmp, "model.onnx"))
+    except ValueError as e:
+      code = re.search(r"Can't lookup value (\d+) for tflite enum BuiltinOperator", str(e))
+      if code is None:
+        raise
+      raise UnsupportedOpError(f"tf2onnx cannot read TFLite op {_tflite_op_name(int(code[1]))} "
+                               f"of {tflite_path}") from None
   _rename_onnx_values(model, {**inputs, **outputs})
   onnx.checker.check_model(model)
   path = pathlib.Path(path)
   onnx.save(model, str(path))
   return path
+
+
+def _tflite_op_name(code: int) -> str:
+  try:
+    from tensorflow.lite.python import schema_py_generated as schema
+  except ImportError:
+    return f"#{code}"
+  names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+  return names.get(code, f"#{code}")
 
 
 # -- tf2onnx additions (what its TFLite path lacks or gets wrong for our programs). ------------
@@ -906,19 +1354,25 @@ def export(spec: ServingSpec, out_dir: str | os.PathLike, *,
     if "stablehlo" in formats:
       files["stablehlo"] = where("stablehlo")
       export_stablehlo(spec, files["stablehlo"], platforms=platforms)
+    saved = None
+    if "saved_model" in formats:
+      saved = files["saved_model"] = to_saved_model(spec, where("saved_model"),
+                                                    platforms=platforms)
     needs_tflite = "tflite" in formats or "onnx" in formats
-    if "saved_model" in formats or needs_tflite or "tflite_int8" in formats:
-      saved = to_saved_model(spec, where("saved_model"), platforms=platforms)
-      if "saved_model" in formats:
-        files["saved_model"] = saved
+    if needs_tflite or "tflite_int8" in formats:
+      if _in_own_thread(_program, spec, "tflite")[1]:  # TFLite's program differs
+        source = to_saved_model(spec, pathlib.Path(tmp) / "saved_model_tflite",
+                                platforms=platforms, for_tflite=True)
+      else:
+        source = saved or to_saved_model(spec, where("saved_model"), platforms=platforms)
       if needs_tflite:
-        tflite = to_tflite(saved, where("tflite"))
+        tflite = to_tflite(source, where("tflite"))
         if "tflite" in formats:
           files["tflite"] = tflite
         if "onnx" in formats:
           files["onnx"] = to_onnx(tflite, where("onnx"))
       if "tflite_int8" in formats:
-        files["tflite_int8"] = to_tflite(saved, where("tflite_int8"), quantize="dynamic_int8")
+        files["tflite_int8"] = to_tflite(source, where("tflite_int8"), quantize="dynamic_int8")
     summary = {
         "model": spec.name,
         "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype}
@@ -937,6 +1391,9 @@ def export(spec: ServingSpec, out_dir: str | os.PathLike, *,
 
 
 def _verify(spec: ServingSpec, files: Mapping[str, pathlib.Path], records: dict) -> None:
+  """Runs each file on example inputs: every output within ``PARITY_TOLERANCE * max(1,
+  max |reference output|)`` of the JAX function's (float32 formats); a detector's as
+  :func:`_detection_diffs` compares them."""
   batches = {fmt: (2, 3) if fmt == "stablehlo" else (2,) for fmt in files}
   for fmt, path in files.items():
     run = load(path)
@@ -944,14 +1401,61 @@ def _verify(spec: ServingSpec, files: Mapping[str, pathlib.Path], records: dict)
     for batch in batches[fmt]:
       inputs = example_inputs(spec, batch, seed=batch)
       ref = reference_outputs(spec, inputs)
-      diff = max_abs_diff(run(**inputs), ref)
-      scale = max(1.0, max(float(np.max(np.abs(v))) for v in ref.values()))
-      if fmt != "tflite_int8" and not diff <= PARITY_TOLERANCE * scale:
+      got = run(**inputs)
+      max_abs_diff(got, ref)  # the same outputs
+      tolerance = {k: PARITY_TOLERANCE * max(1.0, float(np.max(np.abs(v)))) for k, v in ref.items()}
+      if set(ref) == set(DETECTION_OUTPUTS):
+        diffs = _detection_diffs(got, ref, tolerance)
+      else:
+        diffs = {k: max_abs_diff({k: got[k]}, {k: ref[k]}) for k in ref}
+      bad = [k for k in diffs if not diffs[k] <= tolerance.get(k, 0.0)]
+      if fmt != "tflite_int8" and bad:
         raise ExportMismatchError(
-            f"{fmt} export of {spec.name} differs from the JAX function by {diff:.3g} at batch "
-            f"{batch} (tolerance {PARITY_TOLERANCE * scale:.3g}); {path} was written")
-      worst = max(worst, diff)
+            f"{fmt} export of {spec.name} differs from the JAX function in {bad[0]} by "
+            f"{diffs[bad[0]]:.3g} at batch {batch} (tolerance {tolerance.get(bad[0], 0):.3g}); "
+            f"{path} was written")
+      worst = max([worst, *(d for d in diffs.values() if np.isfinite(d))])
     records[fmt]["max_abs_diff"] = worst
+
+
+def _detection_diffs(got: Mapping[str, np.ndarray], ref: Mapping[str, np.ndarray],
+                     tolerance: Mapping[str, float]) -> dict[str, float]:
+  """Largest differences between two sets of padded detections, kept box by kept box.
+
+  ``num_valid`` must agree per image (else its entry is inf). Kept detections are compared in
+  order; where the order differs (two scores closer than float error: other summation orders
+  rank them the other way), each detection is matched to one of the same class whose score
+  is within ``tolerance['scores']`` (the closest box); a detection without one makes the
+  ``boxes`` entry inf. The padding is compared slot by slot.
+  """
+  boxes = np.asarray(got["boxes"], np.float64), np.asarray(ref["boxes"], np.float64)
+  scores = np.asarray(got["scores"], np.float64), np.asarray(ref["scores"], np.float64)
+  classes = np.asarray(got["classes"]), np.asarray(ref["classes"])
+  diffs = {"num_valid": max_abs_diff({"n": got["num_valid"]}, {"n": ref["num_valid"]}),
+           "boxes": 0.0, "scores": 0.0, "classes": 0.0}
+  if diffs["num_valid"]:
+    return dict(diffs, num_valid=np.inf)
+  for b, n in enumerate(np.asarray(ref["num_valid"])):
+    pairs = list(zip(range(n), range(n)))
+    in_order = (np.array_equal(classes[0][b, :n], classes[1][b, :n])
+                and np.all(np.abs(scores[0][b, :n] - scores[1][b, :n]) <= tolerance["scores"])
+                and np.all(np.abs(boxes[0][b, :n] - boxes[1][b, :n]) <= tolerance["boxes"]))
+    if not in_order:
+      free, pairs = set(range(n)), []
+      for i in range(n):
+        near = [j for j in free if classes[1][b, j] == classes[0][b, i]
+                and abs(scores[1][b, j] - scores[0][b, i]) <= tolerance["scores"]]
+        if not near:
+          return dict(diffs, boxes=np.inf)
+        j = min(near, key=lambda j: np.max(np.abs(boxes[1][b, j] - boxes[0][b, i])))
+        free.remove(j)
+        pairs.append((i, j))
+    pairs += [(k, k) for k in range(n, ref["scores"].shape[1])]  # the padding
+    i, j = (np.asarray([p[0] for p in pairs], int), np.asarray([p[1] for p in pairs], int))
+    for key, (a, r) in (("boxes", boxes), ("scores", scores), ("classes", classes)):
+      diffs[key] = max(diffs[key], float(np.max(np.abs(a[b, i].astype(np.float64) - r[b, j]),
+                                                initial=0.0)))
+  return diffs
 
 
 def export_mode(task: Task, workdir, *, formats: Sequence[str] = FORMATS,

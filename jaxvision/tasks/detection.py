@@ -19,8 +19,10 @@ of the val split). At the end the best checkpoint is evaluated on ``config.test_
 (boxes drawn) go to TensorBoard at each evaluation and to ``plots/`` at the end.
 
 Modes: ``train``, ``evaluate`` (a split, best or latest checkpoint; writes
-``eval_<split>.json``) and ``predict`` (image files: JSON detections in original pixels, and a
-PNG per image with the boxes drawn).
+``eval_<split>.json``), ``predict`` (image files: JSON detections in original pixels, and a
+PNG per image with the boxes drawn) and ``export`` (``jaxvision.export``: uint8 images of a
+fixed size in, the evaluation preprocessing, the detector and its post-processing inside,
+padded detections in the images' pixels out).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import numpy as np
 import optax
 import tensorflow as tf
 
+from jaxvision import export as export_lib
 from jaxvision import metrics, visualize
 from jaxvision.data import detection as det_data
 from jaxvision.models import detection as det_models
@@ -242,10 +245,11 @@ class DetectionTask(Task):
   ``optimizer`` (``training.optim``), ``batch_size``/``eval_batch_size``, ``num_epochs`` or
   ``num_train_steps``, ``eval_every_steps`` (default: once per epoch), ``best_metric``
   (an evaluation key, default ``'VOC_AP50'``), ``num_draw`` (images drawn per evaluation),
-  ``seed``, ``dtype``.
+  ``seed``, ``dtype``; for ``--mode=export``, optionally ``export_image_size`` (``(H, W)`` of
+  the exported model's input images; default the canvas).
   """
   name = "detection"
-  modes = ("train", "evaluate", "predict")
+  modes = ("train", "evaluate", "predict", "export")
   best_metric, best_mode = "VOC_AP50", "max"
   check_keys = ("model", "num_classes", "canvas_size", "dataset")
   progress_metrics = ("loss",)
@@ -444,6 +448,19 @@ class DetectionTask(Task):
     if jax.process_index() == 0:
       (pathlib.Path(workdir) / f"eval_{split}.json").write_text(json.dumps(out, indent=2))
     return out
+
+  def serving(self, state, meta: dict):
+    """uint8 images ``[N, H, W, 3]`` (``config.export_image_size``, default the canvas)
+    through the evaluation preprocessing, the detector (float32) and its post-processing:
+    ``boxes`` (xyxy input-image pixels), ``scores``, ``classes``, ``num_valid`` (see
+    ``export.detector_serving``)."""
+    size = self.config.get("export_image_size")
+    return export_lib.detector_serving(
+        create_model(self.config, meta["num_classes"]), _variables(state),
+        canvas_size=meta["canvas_size"], image_size=None if size is None else tuple(size),
+        value_range=meta["value_range"], class_names=meta["class_names"], name=meta["model"])
+
+  export = export_lib.export_mode
 
   def predict(self, workdir, *, images, checkpoint: str = "best",
               out: str | None = None) -> list:
