@@ -2,8 +2,9 @@
 
 Flags only: the task named by ``config.task`` (``jaxvision.tasks``) is looked up and run by
 the trainer (``--mode=train``, the default; resumes from the workdir) or asked for one of its
-other modes: ``evaluate`` and ``predict`` for classifiers, ``generate`` for GANs, ``export``
-(StableHLO, SavedModel, TFLite, ONNX; ``jaxvision.export``) for all three. For those,
+other modes: ``evaluate`` and ``predict`` for classifiers, multi-label taggers and detectors,
+``generate`` for GANs, ``export`` (StableHLO, SavedModel, TFLite, ONNX; ``jaxvision.export``)
+for classifiers, GANs, sequence models and detectors (``--list`` shows each task's). For those,
 ``--config`` may be left out: the workdir's ``config.json`` is used. Override config fields
 with ``--config.<key>=<value>``.
 
@@ -106,8 +107,11 @@ def catalog() -> str:
   lines = [f"Configs (--config=train/configs/<name>.py; {CONFIGS_DIR}):"]
   lines += [f"  {name:<{width}}  {doc}" for name, doc in _configs().items()]
   lines += [f"Tasks (config.task): {', '.join(tasks.registered_tasks())}",
+            "Modes (--mode): " + "; ".join(
+                f"{name}: {', '.join(tasks.get_task(name).modes)}"
+                for name in tasks.registered_tasks()),
             f"Datasets (config.dataset): {', '.join(data.registered_datasets())}; detection: "
-            f"a Pascal VOC or COCO folder",
+            f"a Pascal VOC or COCO folder; multilabel: mosaic:<dataset>, cifar10_mosaic",
             "Models (config.model.name):",
             f"  classification: {', '.join(sorted(models.MODELS))}",
             f"  detection: {', '.join(sorted(detection.DETECTORS))}",
