@@ -215,7 +215,7 @@ def test_other_tasks_check_their_settings_first(tmp_path, monkeypatch, config, m
 def test_unknown_task_is_one_line():
   with pytest.raises(ValueError, match=r"^unknown task 'clasification'; expected one of "
                                        r"\['classification', 'detection', 'gan', "
-                                       r"'sequence_prediction'"):
+                                       r"'multilabel', 'sequence_prediction'"):
     tasks.create_task(ml_collections.ConfigDict({"task": "clasification"}))
 
 
