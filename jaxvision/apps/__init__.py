@@ -4,6 +4,7 @@
 module                 what
 =====================  ====================================================================
 ``apps.store``         the on-disk embedding store: chunked, resumable, L2-normalised
+``apps.cli``           what the command lines share: one-line usage errors, JSON output
 ``apps.embed``         a jitted, batch-sharded embed step over a dataset or image files
 ``apps.search``        image search: faiss indexes (exact and approximate), JAX exact top-k
 ``apps.tag``           automatic tagging: multi-label tags, zero-training ImageNet tags

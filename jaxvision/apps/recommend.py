@@ -59,6 +59,7 @@ from collections.abc import Collection, Sequence
 
 import numpy as np
 
+from jaxvision.apps import cli
 from jaxvision.apps import store as store_lib
 
 LOG_FORMAT = "jaxvision-interactions-v1"
@@ -730,23 +731,6 @@ def evaluate(catalog: store_lib.Embeddings, log: dict, *, k: int = 10, mmr_lambd
 # ------------------------------------------------------------------------------------- CLI
 
 
-class _Parser(argparse.ArgumentParser):
-  """Usage errors in one line (``error: ...``, exit status 2)."""
-
-  def error(self, message):
-    self.exit(2, f"error: {self.prog}: {message}\n")
-
-
-def _emit(obj: dict, out: str | None) -> None:
-  text = json.dumps(obj, indent=1)
-  if out:
-    pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(out).write_text(text + "\n")
-    print(f"wrote {out}", file=sys.stderr)
-  else:
-    print(text)
-
-
 def _load_store(path: str) -> store_lib.Embeddings:
   catalog = store_lib.load(path)
   if len(catalog) == 0:
@@ -755,10 +739,10 @@ def _load_store(path: str) -> store_lib.Embeddings:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = _Parser(prog="python -m jaxvision.apps.recommend",
+  p = cli.OneLineParser(prog="python -m jaxvision.apps.recommend",
               description="Content-based recommendation over an embedding store, and its "
                           "offline evaluation on a seeded SIMULATED interaction log.")
-  sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+  sub = p.add_subparsers(dest="command", required=True, parser_class=cli.OneLineParser)
   s = sub.add_parser("simulate", help="store -> a simulated interaction log (JSON)",
                      description="Writes a seeded simulated interaction log over a store's "
                                  "items (class-shaped tastes, Zipf popularity within a class).")
@@ -830,13 +814,13 @@ def main(argv: Sequence[str] | None = None) -> int:
              "simulated_taste": {(names[c] if c < len(names) else str(c)): w for c, w in taste},
              **rec.to_json(result, user["held_out"])}
       out["held_out_hits"] = sum(i.get("held_out", False) for i in out["items"])
-      _emit(out, args.out)
+      cli.emit(out, args.out)
     else:
       result = evaluate(catalog, log, k=args.k, mmr_lambda=args.mmr_lambda,
                         mmr_pool=args.mmr_pool, popularity_weight=args.popularity_weight,
                         max_interests=args.max_interests,
                         progress=lambda m: print(m, file=sys.stderr, flush=True))
-      _emit(result, args.out)
+      cli.emit(result, args.out)
     return 0
   except (ValueError, OSError) as e:   # StoreError and LogError are ValueErrors
     msg = " ".join(str(e).split())

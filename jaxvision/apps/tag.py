@@ -34,11 +34,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import pathlib
 import sys
 from collections.abc import Sequence
+
+from jaxvision.apps import cli
 
 DEFAULT_MODEL = "EfficientNetLite0"
 DEFAULT_THRESHOLD = 0.1
@@ -202,28 +203,11 @@ def write_sheet(records: Sequence[dict], path: str | os.PathLike, *,
 # ------------------------------------------------------------------------------------- CLI
 
 
-class _Parser(argparse.ArgumentParser):
-  """Usage errors in one line (``error: ...``, exit status 2)."""
-
-  def error(self, message):
-    self.exit(2, f"error: {self.prog}: {message}\n")
-
-
-def _emit(obj, out: str | None) -> None:
-  text = json.dumps(obj, indent=1)
-  if out:
-    pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
-    pathlib.Path(out).write_text(text + "\n")
-    print(f"wrote {out}", file=sys.stderr)
-  else:
-    print(text)
-
-
 def build_parser() -> argparse.ArgumentParser:
-  p = _Parser(prog="python -m jaxvision.apps.tag",
+  p = cli.OneLineParser(prog="python -m jaxvision.apps.tag",
               description="Automatic tagging: zero-training ImageNet tags of photos, or the "
                           "tags of a trained multi-label (tagging) workdir.")
-  sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+  sub = p.add_subparsers(dest="command", required=True, parser_class=cli.OneLineParser)
   i = sub.add_parser("imagenet", help="zero-training tags: top ImageNet classes above a "
                                       "threshold",
                      description="Tags image files with the pretrained ImageNet classifier's "
@@ -276,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       if getattr(args, "sheet", None):
         write_sheet(result, args.sheet, title=title)
         print(f"wrote {args.sheet}", flush=True)
-    _emit(result, args.out)
+    cli.emit(result, args.out)
     return 0
   except (ValueError, OSError) as e:  # unreadable image, missing workdir, another task ...
     msg = " ".join(str(e).split())
