@@ -65,6 +65,7 @@ import numpy as np
 from jax import lax
 
 from jaxvision import cache
+from jaxvision.apps import cli
 from jaxvision.apps import store as store_lib
 
 INDEX_FORMAT = "jaxvision-index-v1"
@@ -825,17 +826,6 @@ def sheet_rows(index: SearchIndex, results: Sequence[dict], *,
 # -- Command line. ---------------------------------------------------------------------------------
 
 
-class _UsageError(ValueError):
-  pass
-
-
-class _Parser(argparse.ArgumentParser):
-  """argparse that reports a usage error in one line (caught by :func:`main`)."""
-
-  def error(self, message):
-    raise _UsageError(f"{message} (see {self.prog} --help)")
-
-
 def _int_list(text: str) -> list[int]:
   try:
     return [int(t) for t in text.replace(",", " ").split()]
@@ -844,12 +834,12 @@ def _int_list(text: str) -> list[int]:
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = _Parser(prog="python -m jaxvision.apps.search",
+  p = cli.OneLineParser(prog="python -m jaxvision.apps.search",
               description="Image search over embeddings: embed a dataset or an image folder "
                           "into a store, build a faiss index, query it by image or id, "
                           "evaluate precision@k, recall@k and queries/s. JSON on stdout (or "
                           "--out), progress on stderr.")
-  sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+  sub = p.add_subparsers(dest="command", required=True, parser_class=cli.OneLineParser)
 
   e = sub.add_parser("embed", help="images -> an embedding store (resumable)",
                      description="Embeds a dataset split or a folder of images into a store "
@@ -915,17 +905,6 @@ def _parser() -> argparse.ArgumentParser:
   return p
 
 
-def _write_json(obj, out: str | None) -> None:
-  text = json.dumps(obj, indent=1)
-  if out:
-    path = pathlib.Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n")
-    print(f"wrote {path}", file=sys.stderr)
-  else:
-    print(text)
-
-
 def _threads(n: int | None) -> None:
   if n is not None:
     if n < 1:
@@ -958,7 +937,7 @@ def _run_command(args) -> None:
                           "value_range(-1, 1)' or similar")
       meta = embed.embed_folder(embedder, args.images, args.out, **kwargs)
     meta.pop("files", None)
-    _write_json(meta, None)
+    cli.emit(meta, None)
   elif args.command == "build":
     _threads(args.threads)
     gallery = store_lib.load(args.store)
@@ -971,7 +950,7 @@ def _run_command(args) -> None:
     index = build_index(gallery, args.kind, store_path=args.store, **params)
     seconds = time.perf_counter() - t0
     index.save(args.out)
-    _write_json({"index": str(args.out), "kind": index.kind, "params": index.params,
+    cli.emit({"index": str(args.out), "kind": index.kind, "params": index.params,
                  "model": index.model, "dim": index.dim, "num_vectors": len(index),
                  "build_seconds": seconds, "faiss_threads": faiss.omp_get_max_threads()}, None)
   elif args.command == "query":
@@ -995,7 +974,7 @@ def _run_command(args) -> None:
       rows = sheet_rows(index, results, query_gallery=None if source is None else source.meta)
       contact_sheet(rows, args.sheet, title=f"{index.model} ({index.kind}), top {args.k}")
       print(f"wrote {args.sheet}", file=sys.stderr)
-    _write_json(results, args.out)
+    cli.emit(results, args.out)
   elif args.command == "evaluate":
     _threads(args.threads)
     gallery = store_lib.load(args.store)
@@ -1003,19 +982,19 @@ def _run_command(args) -> None:
     queries = store_lib.load(args.queries) if args.queries else None
     result = evaluate(gallery, k=args.k, index=index, queries=queries, single=args.single)
     result["store"] = str(args.store)
-    _write_json(result, args.out)
+    cli.emit(result, args.out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
   """The command line (``python -m jaxvision.apps.search --help``); returns the exit status:
-  0, or 2 after one ``error: ...`` line on stderr for bad input."""
-  parser = _parser()
+  0, or 2 after one ``error: ...`` line on stderr for bad input (argparse's usage errors
+  exit with status 2 after one such line)."""
+  args = _parser().parse_args(argv)
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")  # its banner; results unchanged (train.main)
   try:
-    args = parser.parse_args(argv)
     _run(args)
-  except (ValueError, FileNotFoundError) as e:  # SearchError, StoreError, _UsageError, ...
+  except (ValueError, FileNotFoundError) as e:  # SearchError, StoreError, ...
     lines = str(e).strip().splitlines()
     print(f"error: {lines[0] if lines else type(e).__name__}", file=sys.stderr)
     return 2

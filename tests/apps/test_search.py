@@ -326,8 +326,11 @@ def test_cli_bad_input_one_line(tmp_path, capsys, digits_store):
                   r"empty gallery: no image files .*")
   _one_error_line(*_cli(capsys, "build", "--store", tmp_path / "nothing", "--out",
                         tmp_path / "x")[::2], r".*nothing is not an embedding store.*")
-  _one_error_line(*_cli(capsys, "query", "--index", digits_store, "--ids", "x")[::2],
-                  r"argument --ids: expected integer ids like 3,17; found 'x'.*")
+  with pytest.raises(SystemExit) as usage:  # argparse's exit, in one line too
+    search.main(["query", "--index", str(digits_store), "--ids", "x"])
+  _one_error_line(usage.value.code, capsys.readouterr().err,
+                  r"python -m jaxvision.apps.search query: argument --ids: expected integer "
+                  r"ids like 3,17; found 'x'")
   _one_error_line(*_cli(capsys, "build", "--store", digits_store, "--kind", "flat", "--nprobe",
                         3, "--out", tmp_path / "y")[::2],
                   r"--nprobe do not apply to a 'flat' index")
