@@ -240,18 +240,8 @@ class ClassificationTask(Task):
     finetune.check_config(config)
     self._tx, self._schedule = self._optimizer(self.total_steps())
 
-  def total_steps(self) -> int:
-    config = self.config
-    if config.get("num_train_steps", -1) > 0:
-      return int(config.num_train_steps)
-    return int(config.num_epochs * self._steps_per_epoch())
-
-  def _steps_per_epoch(self) -> int:
+  def steps_per_epoch(self) -> int:
     return pipeline.steps_per_epoch(self.info, self.config.train_split, self.config.batch_size)
-
-  def eval_every(self) -> int:
-    every = int(self.config.get("eval_every_steps", -1))
-    return every if every > 0 else self._steps_per_epoch()
 
   def train_batches(self, start_step: int):
     config = self.config
@@ -278,19 +268,9 @@ class ClassificationTask(Task):
     return finetune.make_optimizer(self.config, total_steps)
 
   def create_state(self, example_batch, mesh, *, abstract: bool):
-    config = self.config
-    input_shape = example_batch["image"].shape[1:]
-    expected = config.get("input_shape")
-    if expected and tuple(expected) != tuple(input_shape):
-      raise ValueError(
-          f"the model is configured for images of shape {tuple(expected)} (config.input_shape) "
-          f"but the input pipeline produces {tuple(input_shape)}; fix config.pp_train/pp_eval "
-          f"or config.input_shape")
-    state = state_lib.create_train_state(
-        create_model(config, self.info.num_classes), self._tx, input_shape=input_shape,
-        rng=jax.random.PRNGKey(config.seed), mesh=mesh, abstract=abstract)
-    if config.get("init_from") and not abstract:  # a resumed run has them in its checkpoint
-      state = finetune.initialize_from(state, config, self._tx, mesh)
+    state, input_shape = finetune.create_state(
+        create_model(self.config, self.info.num_classes), self._tx, example_batch, mesh,
+        self.config, abstract=abstract)
     return state, self._meta(input_shape)
 
   def make_train_step(self):

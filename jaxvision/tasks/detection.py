@@ -309,18 +309,8 @@ class DetectionTask(Task):
     ds, _ = det_data.load_detection_dataset(self.config.dataset, split, decode_images=False)
     return ds
 
-  def total_steps(self) -> int:
-    config = self.config
-    if config.get("num_train_steps", -1) > 0:
-      return int(config.num_train_steps)
-    return int(config.num_epochs * self._steps_per_epoch())
-
-  def _steps_per_epoch(self) -> int:
+  def steps_per_epoch(self) -> int:
     return max(1, self._split_size(self.config.train_split) // self.config.batch_size)
-
-  def eval_every(self) -> int:
-    every = int(self.config.get("eval_every_steps", -1))
-    return every if every > 0 else self._steps_per_epoch()
 
   def train_batches(self, start_step: int):
     config = self.config

@@ -100,6 +100,30 @@ def source_variables(init_from: str, model_name: str) -> tuple[dict, str]:
                                      f"{meta['dataset']})")
 
 
+def create_state(model, tx, example_batch, mesh, config: ml_collections.ConfigDict, *,
+                 abstract: bool):
+  """``(state, input_shape)``: the train state of an image ``model`` for the classification
+  and multi-label tasks, with ``config.init_from``'s weights when set (a restore target,
+  ``abstract``, gets them from its checkpoint instead).
+
+  Raises:
+    ValueError: ``config.input_shape`` is set and differs from the pipeline's image shape.
+  """
+  input_shape = tuple(example_batch["image"].shape[1:])
+  expected = config.get("input_shape")
+  if expected and tuple(expected) != input_shape:
+    raise ValueError(
+        f"the model is configured for images of shape {tuple(expected)} (config.input_shape) "
+        f"but the input pipeline produces {input_shape}; fix config.pp_train/pp_eval "
+        f"or config.input_shape")
+  state = state_lib.create_train_state(model, tx, input_shape=input_shape,
+                                       rng=jax.random.PRNGKey(config.seed), mesh=mesh,
+                                       abstract=abstract)
+  if config.get("init_from") and not abstract:
+    state = initialize_from(state, config, tx, mesh)
+  return state, input_shape
+
+
 def initialize_from(state, config: ml_collections.ConfigDict, tx, mesh):
   """``state`` with the parameters and BatchNorm statistics of ``config.init_from`` wherever
   names and shapes match (a new head, or layers of another size, keep their fresh

@@ -150,17 +150,29 @@ class Task:
   def prepare(self) -> None:
     """Host set-up before the run opens (datasets, config checks). Default: nothing."""
 
+  def steps_per_epoch(self) -> int | None:
+    """Train steps in one pass over the train split, or None (the default) where a task has
+    no epochs (``config.num_epochs`` is then not read)."""
+    return None
+
   def total_steps(self) -> int:
-    """Number of train steps of the run. Default: ``config.num_train_steps`` (> 0)."""
+    """Number of train steps of the run: ``config.num_train_steps`` when > 0, else
+    ``config.num_epochs`` epochs of :meth:`steps_per_epoch` (at least one step)."""
     steps = int(self.config.get("num_train_steps", -1))
-    if steps <= 0:
+    if steps > 0:
+      return steps
+    per_epoch = self.steps_per_epoch()
+    if per_epoch is None:
       raise ValueError(f"config.num_train_steps must be > 0; found {steps}")
-    return steps
+    return max(1, int(self.config.num_epochs * per_epoch))
 
   def eval_every(self) -> int:
-    """Steps between evaluations. Default: ``config.eval_every_steps``, else only at the end."""
+    """Steps between evaluations: ``config.eval_every_steps`` when > 0, else once per epoch
+    (or only at the end where the task has no epochs)."""
     every = int(self.config.get("eval_every_steps", -1))
-    return every if every > 0 else self.total_steps()
+    if every > 0:
+      return every
+    return self.steps_per_epoch() or self.total_steps()
 
   def train_batches(self, start_step: int) -> Iterator[Batch]:
     """Endless host-local train batches; the first is the batch of step ``start_step + 1``
