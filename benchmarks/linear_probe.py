@@ -127,7 +127,7 @@ def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--train", required=True, help="embedding store of the train split")
   p.add_argument("--test", required=True, help="embedding store of the test split")
-  p.add_argument("--l2", default="1e-4,3e-4,1e-3,3e-3,1e-2",
+  p.add_argument("--l2", default="1e-3,3e-3,1e-2,3e-2,1e-1,3e-1",
                  help="comma-separated l2 values to choose from on the hold-out")
   p.add_argument("--val-fraction", type=float, default=0.1)
   p.add_argument("--seed", type=int, default=0)

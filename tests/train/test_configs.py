@@ -13,7 +13,7 @@ from jaxvision.training import optim, trainer
 CONFIGS = sorted(p.stem for p in (pathlib.Path(__file__).resolve().parents[2] / "train" /
                                   "configs").glob("*.py") if p.stem not in ("__init__", "common"))
 VARIANTS = {"mnist_dcgan": ("self_conditioned", "plain"),
-            "cifar10_finetune_effnet": ("finetune", "probe"),
+            "cifar10_finetune_effnet": ("finetune", "hires", "probe"),
             "cifar10_mosaic_tagging": ("default", "tiny")}
 
 

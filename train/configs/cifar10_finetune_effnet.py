@@ -16,34 +16,47 @@ import ml_collections
 from train.configs import common
 
 IMAGE_SIZE = 112
+HIRES_SIZE = 160
 SCALE = "value_range(-0.9921875, 1)"  # (x - 127) / 128 on 0-255 pixels
+VARIANTS = ("finetune", "hires", "probe")
 
 
 def get_config(variant: str = "finetune") -> ml_collections.ConfigDict:
-  """``'finetune'`` (default: every layer, the backbone at a tenth of the head's learning rate)
-  or ``'probe'`` (``--config=...cifar10_finetune_effnet.py:probe``: the head only)."""
-  if variant not in ("finetune", "probe"):
-    raise ValueError(f"variant must be 'finetune' or 'probe'; found {variant!r}")
+  """``'finetune'`` (default: every layer for 3 epochs at 112 px, the backbone at half the
+  head's learning rate), ``'hires'`` (``...cifar10_finetune_effnet.py:hires``: one more epoch
+  at 160 px from a finished ``finetune`` workdir, ``--config.init_from=<that workdir>``) or
+  ``'probe'`` (``...:probe``: the head only, the backbone frozen)."""
+  if variant not in VARIANTS:
+    raise ValueError(f"variant must be one of {', '.join(VARIANTS)}; found {variant!r}")
+  size = HIRES_SIZE if variant == "hires" else IMAGE_SIZE
   c = common.classification_config()
   c.dataset = "cifar10"
   c.model = ml_collections.ConfigDict({"name": "EfficientNetLite0"})
-  c.pp_train = f"random_crop(32, pad=4)|flip_lr|resize({IMAGE_SIZE})|{SCALE}"
-  c.pp_eval = f"resize({IMAGE_SIZE})|{SCALE}"
+  c.pp_train = f"random_crop(32, pad=4)|flip_lr|resize({size})|{SCALE}"
+  c.pp_eval = f"resize({size})|{SCALE}"
   c.init_from = "imagenet"
   c.head = "^classifier/"
   c.batch_size = 64
   c.eval_batch_size = 250
   c.optimizer.name = "adamw"
   c.optimizer.schedule = "warmup_cosine"
-  c.optimizer.warmup_steps = 200
   if variant == "probe":
     c.freeze_backbone = True
     c.num_epochs = 2
     c.optimizer.learning_rate = 3e-3
-  else:
-    c.backbone_lr_multiplier = 0.1
-    c.num_epochs = 2
+    c.optimizer.warmup_steps = 200
+  elif variant == "finetune":
+    c.backbone_lr_multiplier = 0.5
+    c.num_epochs = 3
     c.optimizer.learning_rate = 1e-3
+    c.optimizer.warmup_steps = 300
+    c.optimizer.weight_decay = 1e-4
+  else:  # hires: FixRes-style, a short fine-tune at the larger test resolution
+    c.init_from = "runs/effnet_ft"
+    c.backbone_lr_multiplier = 0.5
+    c.num_epochs = 1
+    c.optimizer.learning_rate = 3e-4
+    c.optimizer.warmup_steps = 100
     c.optimizer.weight_decay = 1e-4
   c.label_smoothing = 0.1
   c.log_every_steps = 50
