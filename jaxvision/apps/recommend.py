@@ -739,9 +739,10 @@ def _load_store(path: str) -> store_lib.Embeddings:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = cli.OneLineParser(prog="python -m jaxvision.apps.recommend",
-              description="Content-based recommendation over an embedding store, and its "
-                          "offline evaluation on a seeded SIMULATED interaction log.")
+  p = cli.OneLineParser(
+      prog="python -m jaxvision.apps.recommend",
+      description="Content-based recommendation over an embedding store, and its "
+                  "offline evaluation on a seeded SIMULATED interaction log.")
   sub = p.add_subparsers(dest="command", required=True, parser_class=cli.OneLineParser)
   s = sub.add_parser("simulate", help="store -> a simulated interaction log (JSON)",
                      description="Writes a seeded simulated interaction log over a store's "

@@ -834,11 +834,11 @@ def _int_list(text: str) -> list[int]:
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = cli.OneLineParser(prog="python -m jaxvision.apps.search",
-              description="Image search over embeddings: embed a dataset or an image folder "
-                          "into a store, build a faiss index, query it by image or id, "
-                          "evaluate precision@k, recall@k and queries/s. JSON on stdout (or "
-                          "--out), progress on stderr.")
+  p = cli.OneLineParser(
+      prog="python -m jaxvision.apps.search",
+      description="Image search over embeddings: embed a dataset or an image folder into a "
+                  "store, build a faiss index, query it by image or id, evaluate precision@k, "
+                  "recall@k and queries/s. JSON on stdout (or --out), progress on stderr.")
   sub = p.add_subparsers(dest="command", required=True, parser_class=cli.OneLineParser)
 
   e = sub.add_parser("embed", help="images -> an embedding store (resumable)",
@@ -951,8 +951,8 @@ def _run_command(args) -> None:
     seconds = time.perf_counter() - t0
     index.save(args.out)
     cli.emit({"index": str(args.out), "kind": index.kind, "params": index.params,
-                 "model": index.model, "dim": index.dim, "num_vectors": len(index),
-                 "build_seconds": seconds, "faiss_threads": faiss.omp_get_max_threads()}, None)
+              "model": index.model, "dim": index.dim, "num_vectors": len(index),
+              "build_seconds": seconds, "faiss_threads": faiss.omp_get_max_threads()}, None)
   elif args.command == "query":
     _threads(args.threads)
     index = load_index(args.index)

@@ -204,9 +204,10 @@ def write_sheet(records: Sequence[dict], path: str | os.PathLike, *,
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = cli.OneLineParser(prog="python -m jaxvision.apps.tag",
-              description="Automatic tagging: zero-training ImageNet tags of photos, or the "
-                          "tags of a trained multi-label (tagging) workdir.")
+  p = cli.OneLineParser(
+      prog="python -m jaxvision.apps.tag",
+      description="Automatic tagging: zero-training ImageNet tags of photos, or the "
+                  "tags of a trained multi-label (tagging) workdir.")
   sub = p.add_subparsers(dest="command", required=True, parser_class=cli.OneLineParser)
   i = sub.add_parser("imagenet", help="zero-training tags: top ImageNet classes above a "
                                       "threshold",
