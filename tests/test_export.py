@@ -194,20 +194,26 @@ FORMATS = {name: FLOAT_FORMATS + (("tflite_int8",) if name == "simple_cnn" else 
            for name in MODELS}
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-  """Each tiny model in every format (written once per module, lazily)."""
+def _export_cache(tmp_path_factory, builders, formats_of):
+  """``get(name) -> (spec, reference, inputs, out, summary)``: ``builders[name]()`` exported to
+  ``formats_of(name)`` once, on first use."""
   cache = {}
 
   def get(name):
     if name not in cache:
-      spec, reference, inputs = MODELS[name]()
+      spec, reference, inputs = builders[name]()
       out = tmp_path_factory.mktemp(name)
-      summary = export.export(spec, out, formats=FORMATS[name], verify=False)
+      summary = export.export(spec, out, formats=formats_of(name), verify=False)
       cache[name] = spec, reference, inputs, out, summary
     return cache[name]
 
   return get
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+  """Each tiny model in every format (written once per module, lazily)."""
+  return _export_cache(tmp_path_factory, MODELS, FORMATS.__getitem__)
 
 
 @pytest.mark.slow
@@ -592,18 +598,9 @@ def test_verification_allows_near_ties_to_swap_but_not_other_detections():
 
 @pytest.fixture(scope="module")
 def exported_detectors(tmp_path_factory):
-  cache = {}
-
-  def get(name):
-    if name not in cache:
-      spec, reference, inputs = DETECTORS[name]()
-      out = tmp_path_factory.mktemp(name)
-      formats = FLOAT_FORMATS + (("tflite_int8",) if name == "fcos" else ())
-      summary = export.export(spec, out, formats=formats, verify=False)
-      cache[name] = spec, reference, inputs, out, summary
-    return cache[name]
-
-  return get
+  """Each tiny detector in the float formats (FCOS in int8 TFLite too)."""
+  return _export_cache(tmp_path_factory, DETECTORS, lambda name: FLOAT_FORMATS + (
+      ("tflite_int8",) if name == "fcos" else ()))
 
 
 @pytest.mark.slow

@@ -2,9 +2,10 @@
 
 Flags only: the task named by ``config.task`` (``jaxvision.tasks``) is looked up and run by
 the trainer (``--mode=train``, the default; resumes from the workdir) or asked for one of its
-other modes: ``evaluate`` and ``predict`` for classifiers, multi-label taggers and detectors,
-``generate`` for GANs, ``export`` (StableHLO, SavedModel, TFLite, ONNX; ``jaxvision.export``)
-for classifiers, GANs, sequence models and detectors (``--list`` shows each task's). For those,
+other modes: ``evaluate`` for classifiers, multi-label taggers, detectors and GANs,
+``predict`` for the first three, ``generate`` for GANs, ``export`` (StableHLO, SavedModel,
+TFLite, ONNX; ``jaxvision.export``) for classifiers, GANs, sequence models and detectors
+(``--list`` shows each task's). For those,
 ``--config`` may be left out: the workdir's ``config.json`` is used. Override config fields
 with ``--config.<key>=<value>``.
 

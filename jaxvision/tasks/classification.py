@@ -81,16 +81,23 @@ def make_train_step(*, label_smoothing: float = 0.0, frozen_statistics: bool = F
   return train_step
 
 
-def make_eval_step(num_classes: int):
+def make_eval_step(num_classes: int, *, flip_tta: bool = False):
   """Returns ``eval_step(state, batch) -> sums`` over the valid examples of the batch.
 
   ``sums``: ``loss_sum`` (unsmoothed cross-entropy), ``count`` and ``confusion_matrix``
   ``[K, K]``; padded examples (``mask == False``) contribute nothing, and a batch without
-  ``mask`` counts every example.
+  ``mask`` counts every example. ``flip_tta``: test-time augmentation, the prediction is the
+  mean of the class probabilities of each image and its left-right mirror (the loss is the
+  cross-entropy of that mean); two forward passes per batch.
   """
 
   def eval_step(state, batch):
     logits, _ = state.apply_fn(_variables(state), batch["image"], train=False)
+    if flip_tta:
+      mirrored, _ = state.apply_fn(_variables(state), batch["image"][:, :, ::-1], train=False)
+      # the log of the mean probability: a log-probability for the loss and the argmax
+      logits = (jnp.logaddexp(jax.nn.log_softmax(logits), jax.nn.log_softmax(mirrored))
+                - jnp.log(2.0))
     mask = batch.get("mask")
     if mask is None:  # no padding: every example counts
       mask = jnp.ones(logits.shape[:1], bool)
@@ -170,12 +177,13 @@ class Evaluator:
   """
 
   def __init__(self, builder, info: data.DatasetInfo, *, split: str, pp: str,
-               batch_size: int, mesh):
+               batch_size: int, mesh, flip_tta: bool = False):
     sharding.check_batch_size(batch_size, mesh, "eval_batch_size")
-    self.info, self.split, self.mesh = info, split, mesh
+    self.info, self.split, self.mesh, self.flip_tta = info, split, mesh, flip_tta
     self._batches = pipeline.make_eval_iterator(builder, info, split=split,
                                                 global_batch_size=batch_size, pp=pp)
-    self._step = jit_lib.jit_eval_step(make_eval_step(info.num_classes), mesh)
+    self._step = jit_lib.jit_eval_step(make_eval_step(info.num_classes, flip_tta=flip_tta),
+                                       mesh)
 
   def run(self, state) -> dict:
     totals = trainer.sum_over_batches(self._step, state, self._batches, self.mesh)
@@ -189,6 +197,7 @@ class Evaluator:
     return {
         "split": self.split,
         "step": int(jax.device_get(state.step)),
+        "flip_tta": self.flip_tta,
         "num_examples": count,
         "loss": float(totals["loss_sum"]) / max(count, 1),
         "accuracy": report["accuracy"],
@@ -210,7 +219,8 @@ class ClassificationTask(Task):
   its best checkpoint's weights wherever names and shapes match),
   ``head`` (a regular expression naming the head's parameters, e.g. ``'^Dense_1/'``) with
   ``freeze_backbone`` (train the head only, the model in inference mode: a linear probe) or
-  ``backbone_lr_multiplier``.
+  ``backbone_lr_multiplier``. ``eval_flip_tta``: evaluate on the mean probabilities of each
+  image and its mirror (see :func:`make_eval_step`; exports and ``predict`` stay single-view).
   """
   name = "classification"
   modes = ("train", "evaluate", "predict", "export")
@@ -285,10 +295,12 @@ class ClassificationTask(Task):
     return Evaluator(self.builder, self.info, split=split or config.eval_split,
                      pp=config.pp_eval, batch_size=config.eval_batch_size,
                      mesh=run.mesh if run is not None else sharding.make_mesh(
-                         config.get("num_devices")))
+                         config.get("num_devices")),
+                     flip_tta=config.get("eval_flip_tta", False))
 
   def summary_line(self, ev: dict) -> str:
-    return (f"[eval] step {ev['step']}: {ev['split']} accuracy {ev['accuracy']:.4f} "
+    tta = " (flip TTA)" if ev.get("flip_tta") else ""
+    return (f"[eval] step {ev['step']}: {ev['split']}{tta} accuracy {ev['accuracy']:.4f} "
             f"loss {ev['loss']:.4f} macro-F1 {ev['macro_f1']:.4f} "
             f"({ev['num_examples']} examples)")
 
@@ -309,7 +321,7 @@ class ClassificationTask(Task):
 
   def format_result(self, mode: str, result) -> str:
     if mode == "evaluate":
-      return f"Wrote eval_{result['eval']['split']}.json (checkpoint step {result['checkpoint_step']})"
+      return f"Wrote {result['file']} (checkpoint step {result['checkpoint_step']})"
     return super().format_result(mode, result)
 
   # -- Restoring and the other modes. ------------------------------------------------------------
@@ -324,7 +336,8 @@ class ClassificationTask(Task):
 
   def evaluate(self, workdir, *, split: str | None = None, checkpoint: str = "best") -> dict:
     """Evaluates the workdir's best (or latest) checkpoint on ``split`` (default
-    ``config.eval_split``); writes and returns ``eval_<split>.json``'s content."""
+    ``config.eval_split``); writes and returns ``eval_<split>.json``'s content
+    (``eval_<split>_flip_tta.json`` with ``eval_flip_tta``)."""
     split = split or self.config.eval_split
     restored = trainer.restore(self, workdir, checkpoint)
     self.prepare()
@@ -334,13 +347,14 @@ class ClassificationTask(Task):
           f"checkpoint expects dataset images of shape {tuple(meta['dataset_image_shape'])}; "
           f"dataset {self.info.name!r} has {tuple(self.info.image_shape)}")
     ev = Evaluator(self.builder, self.info, split=split, pp=self.config.pp_eval,
-                   batch_size=self.config.eval_batch_size, mesh=restored.mesh).run(
-                       restored.state)
+                   batch_size=self.config.eval_batch_size, mesh=restored.mesh,
+                   flip_tta=self.config.get("eval_flip_tta", False)).run(restored.state)
     print(self.summary_line(ev))
+    name = f"eval_{split}_flip_tta.json" if ev["flip_tta"] else f"eval_{split}.json"
     out = {"checkpoint_step": restored.step, "checkpoint": checkpoint, "eval": ev}
     if jax.process_index() == 0:
-      (pathlib.Path(workdir) / f"eval_{split}.json").write_text(json.dumps(out, indent=2))
-    return out
+      (pathlib.Path(workdir) / name).write_text(json.dumps(out, indent=2))
+    return dict(out, file=name)
 
   def serving(self, state, meta: dict):
     """uint8 images ``[N, *meta['dataset_image_shape']]`` through ``meta['pp_eval']`` and the

@@ -308,6 +308,16 @@ def test_cli_evaluate_and_predict(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   saved = json.loads((workdir / "eval_test.json").read_text())
   assert saved["eval"]["num_examples"] == 360 and saved["eval"]["accuracy"] > 0.8
+  assert saved["eval"]["flip_tta"] is False
+  # Test-time flips: a separate file, the single-view one kept; digits are not mirror images,
+  # so the mirrored half of each prediction changes the loss.
+  out = _cli(*base, "--config.eval_flip_tta=true", "--mode=evaluate", "--split=test")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "Wrote eval_test_flip_tta.json" in out.stdout and "(flip TTA)" in out.stdout
+  tta = json.loads((workdir / "eval_test_flip_tta.json").read_text())["eval"]
+  assert tta["flip_tta"] is True and tta["num_examples"] == 360
+  assert tta["loss"] != saved["eval"]["loss"]
+  assert json.loads((workdir / "eval_test.json").read_text()) == saved
 
   digits = load_digits()
   paths = []

@@ -84,6 +84,39 @@ def test_eval_step_ignores_padded_examples():
   np.testing.assert_allclose(float(out["loss_sum"]), expected, rtol=1e-5)
 
 
+def test_flip_tta_eval_step_averages_the_probabilities_of_image_and_mirror():
+  """Against float64 NumPy on the model's two separate outputs; padded examples excluded."""
+  mesh = sharding.make_mesh(8)
+  model = models.SimpleCNN(num_classes=4, padding="SAME")
+  tx, _ = optim.make_optimizer(ml_collections.ConfigDict(
+      {"name": "sgd", "learning_rate": 0.1, "schedule": "constant"}), 1)
+  state = state_lib.create_train_state(model, tx, input_shape=(12, 12, 1),
+                                       rng=jax.random.PRNGKey(3), mesh=mesh)
+  b = _batches(1, seed=5)[0]
+  mask = np.arange(16) < 13
+  batch = dict(b, image=np.where(mask[:, None, None, None], b["image"], 1e6), mask=mask)
+  out = jax.device_get(jit.jit_eval_step(steps.make_eval_step(4, flip_tta=True), mesh)(
+      state, sharding.shard_batch(batch, mesh)))
+  single = jax.device_get(jit.jit_eval_step(steps.make_eval_step(4), mesh)(
+      state, sharding.shard_batch(batch, mesh)))
+
+  def probs(images):
+    logits = np.asarray(model.apply({"params": state.params}, images, train=False)[0],
+                        np.float64)
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+  x, y = b["image"][:13], b["label"][:13]
+  p = (probs(x) + probs(x[:, :, ::-1])) / 2
+  np.testing.assert_allclose(float(out["loss_sum"]), -np.log(p[np.arange(13), y]).sum(),
+                             rtol=1e-5)
+  expected_cm = np.zeros((4, 4), int)
+  np.add.at(expected_cm, (y, p.argmax(-1)), 1)
+  np.testing.assert_array_equal(out["confusion_matrix"], expected_cm)
+  assert int(out["count"]) == 13
+  assert abs(float(out["loss_sum"]) - float(single["loss_sum"])) > 1e-3  # the mirror counted
+
+
 def test_batch_size_must_split_over_devices():
   with pytest.raises(ValueError, match="batch_size=12 must be divisible by the 8 devices"):
     sharding.check_batch_size(12, sharding.make_mesh(8))

@@ -274,6 +274,15 @@ def test_conditional_run_outputs_and_generate(tmp_path, classifier_dir):
   assert ckpt.best_step() in (4, 8) and ckpt.read_meta(8)["num_classes"] == 10
   ckpt.close()
 
+  # --mode=evaluate with the run's own classifier reproduces the step-8 evaluation exactly
+  # (same latents, same standing statistics); the file is named after the classifier.
+  again = gan.GANTask(config).evaluate(tmp_path, checkpoint="latest")
+  assert again["file"] == f"eval_{classifier_dir.name}.json" and again["checkpoint_step"] == 8
+  assert again["eval"] == ev
+  assert json.loads((tmp_path / again["file"]).read_text())["eval"] == ev
+  with pytest.raises(ValueError, match="needs --config.classifier_workdir"):
+    gan.GANTask(_config(conditional=True)).evaluate(tmp_path)
+
   out = tmp_path / "generated"
   records = _generate(config, tmp_path, num=13, out=out, checkpoint="latest")
   files = sorted(p.name for p in out.glob("*.png"))

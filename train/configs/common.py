@@ -19,6 +19,9 @@ def classification_config() -> ml_collections.ConfigDict:
   c.pp_train = "value_range(0, 1)"
   c.pp_eval = "value_range(0, 1)"
   c.input_shape = config_dict.placeholder(tuple)  # optional check of the pipeline's output
+  # Test-time augmentation: average the probabilities of each evaluated image and its
+  # left-right mirror (twice the evaluation cost; results say "flip_tta": true).
+  c.eval_flip_tta = False
 
   c.model = ml_collections.ConfigDict({"name": "SimpleCNN"})
   c.dtype = "float32"  # compute dtype; params stay float32 ("bfloat16" for mixed precision)

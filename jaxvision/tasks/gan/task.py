@@ -13,6 +13,8 @@ Workdir layout::
     <workdir>/plots/samples_final.png  the final grid
     <workdir>/plots/interpolation.png  spherical latent interpolations (one strip per row)
     <workdir>/plots/curves.png         losses and quality over steps
+    <workdir>/eval_<classifier>.json   ``--mode=evaluate``: a checkpoint scored again with the
+                                       classifier of ``config.classifier_workdir``
 
 Running the same command with the same workdir resumes from the latest checkpoint.
 
@@ -369,7 +371,7 @@ class GANTask(Task):
   ``num_train_steps``, ``eval_every_steps``, ``seed``, ``dtype``.
   """
   name = "gan"
-  modes = ("train", "generate", "export")
+  modes = ("train", "evaluate", "generate", "export")
   best_metric, best_mode = BEST_METRIC, "min"
   check_keys = _META_KEYS
   guarded_metrics = GUARDED_METRICS
@@ -542,8 +544,43 @@ class GANTask(Task):
   def format_result(self, mode: str, result) -> str:
     if mode == "export":
       return super().format_result(mode, result)
+    if mode == "evaluate":
+      return f"Wrote {result['file']} (checkpoint step {result['checkpoint_step']})"
     return (f"Wrote {len(result['samples'])} samples to {result['out']} (samples.json lists "
             f"them)")
+
+  def evaluate(self, workdir, *, checkpoint: str = "best") -> dict:
+    """Measures a finished run's samples again, with ``config.classifier_workdir``'s classifier
+    (which may differ from the one the run was trained with: the classifier-only spread).
+
+    The evaluation's fixed latents (and cluster draws) are the training evaluations', so the
+    run's own classifier reproduces the figures it logged at that step (not at a step where
+    the clusters were recomputed: the checkpoint holds the new ones). Writes
+    ``eval_<classifier folder name>.json`` into ``workdir``.
+
+    Returns:
+      That file's content: ``checkpoint_step``, ``checkpoint`` and ``eval`` (the metrics as in
+      ``results.json``), plus ``file`` (its name).
+    """
+    if not self.config.get("classifier_workdir"):
+      raise ValueError("--mode=evaluate needs --config.classifier_workdir=<the workdir of a "
+                       "finished classifier run>; found none")
+    generator, variables, meta, step, mesh, pool = self.restore_generator(workdir, checkpoint)
+    self.prepare()
+    config = self.config
+    eval_z, eval_labels = _eval_inputs(config, self.num_classes, pool)
+    images = _Sampler(generator, mesh, config.eval_batch_size)(variables, eval_z, eval_labels)
+    ev = {"step": step, "generator": "ema" if meta.get("ema") else "trained"}
+    ev.update(self.quality.evaluate(reporting.to_uint8(images),
+                                    None if self.clusters else eval_labels, self.class_names),
+              classifier_workdir=self.quality.workdir,
+              classifier_checkpoint_step=self.quality.meta["checkpoint_step"])
+    print(summary_line(ev))
+    name = f"eval_{pathlib.Path(config.classifier_workdir).resolve().name}.json"
+    out = {"checkpoint_step": step, "checkpoint": checkpoint, "eval": ev}
+    if jax.process_index() == 0:
+      (pathlib.Path(workdir) / name).write_text(json.dumps(out, indent=2))
+    return dict(out, file=name)
 
   def generate(self, workdir, *, num: int, out=None, checkpoint: str = "best") -> dict:
     """Writes ``num`` generated PNG samples into ``out`` (default ``<workdir>/generated``),
