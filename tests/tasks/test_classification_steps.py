@@ -48,13 +48,19 @@ def test_one_and_eight_devices_give_the_same_parameters(model_fn, opt):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
 
 
-def test_train_step_output_is_sharded_replicated_and_state_donated():
+def _sgd_cnn_on_8_devices(seed=0):
+  """``(mesh, model, state)``: a 4-class SimpleCNN for 12x12x1 images, SGD, over 8 devices."""
   mesh = sharding.make_mesh(8)
   model = models.SimpleCNN(num_classes=4, padding="SAME")
   tx, _ = optim.make_optimizer(ml_collections.ConfigDict(
       {"name": "sgd", "learning_rate": 0.1, "schedule": "constant"}), 1)
   state = state_lib.create_train_state(model, tx, input_shape=(12, 12, 1),
-                                       rng=jax.random.PRNGKey(0), mesh=mesh)
+                                       rng=jax.random.PRNGKey(seed), mesh=mesh)
+  return mesh, model, state
+
+
+def test_train_step_output_is_sharded_replicated_and_state_donated():
+  mesh, model, state = _sgd_cnn_on_8_devices()
   batch = sharding.shard_batch(_batches(1)[0], mesh)
   assert batch["image"].sharding.spec == sharding.batch_sharding(mesh).spec
   old_kernel = state.params["Dense_1"]["kernel"]
@@ -66,12 +72,7 @@ def test_train_step_output_is_sharded_replicated_and_state_donated():
 
 
 def test_eval_step_ignores_padded_examples():
-  mesh = sharding.make_mesh(8)
-  model = models.SimpleCNN(num_classes=4, padding="SAME")
-  tx, _ = optim.make_optimizer(ml_collections.ConfigDict(
-      {"name": "sgd", "learning_rate": 0.1, "schedule": "constant"}), 1)
-  state = state_lib.create_train_state(model, tx, input_shape=(12, 12, 1),
-                                       rng=jax.random.PRNGKey(0), mesh=mesh)
+  mesh, model, state = _sgd_cnn_on_8_devices()
   b = _batches(1)[0]
   mask = np.arange(16) < 11
   garbage = dict(b, image=np.where(mask[:, None, None, None], b["image"], 1e6), mask=mask)
@@ -86,12 +87,7 @@ def test_eval_step_ignores_padded_examples():
 
 def test_flip_tta_eval_step_averages_the_probabilities_of_image_and_mirror():
   """Against float64 NumPy on the model's two separate outputs; padded examples excluded."""
-  mesh = sharding.make_mesh(8)
-  model = models.SimpleCNN(num_classes=4, padding="SAME")
-  tx, _ = optim.make_optimizer(ml_collections.ConfigDict(
-      {"name": "sgd", "learning_rate": 0.1, "schedule": "constant"}), 1)
-  state = state_lib.create_train_state(model, tx, input_shape=(12, 12, 1),
-                                       rng=jax.random.PRNGKey(3), mesh=mesh)
+  mesh, model, state = _sgd_cnn_on_8_devices(seed=3)
   b = _batches(1, seed=5)[0]
   mask = np.arange(16) < 13
   batch = dict(b, image=np.where(mask[:, None, None, None], b["image"], 1e6), mask=mask)
