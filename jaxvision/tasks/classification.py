@@ -244,11 +244,15 @@ class ClassificationTask(Task):
       raise ValueError(f"config.label_smoothing must be a number in [0, 1); found {smoothing!r}")
     for key in ("pp_train", "pp_eval"):
       preprocess.parse(config[key])  # an unknown op or bad argument fails before any data
+    self._load_data()
+    finetune.check_config(config)
+    self._tx, self._schedule = self._optimizer(self.total_steps())
+
+  def _load_data(self) -> None:
+    config = self.config
     self.builder, self.info = data.get_dataset(config.dataset, data_dir=config.get("data_dir"))
     for split in (config.train_split, config.eval_split):
       pipeline.split_size(self.info, split)  # an unknown split fails here, not after an epoch
-    finetune.check_config(config)
-    self._tx, self._schedule = self._optimizer(self.total_steps())
 
   def steps_per_epoch(self) -> int:
     return pipeline.steps_per_epoch(self.info, self.config.train_split, self.config.batch_size)
@@ -340,7 +344,7 @@ class ClassificationTask(Task):
     (``eval_<split>_flip_tta.json`` with ``eval_flip_tta``)."""
     split = split or self.config.eval_split
     restored = trainer.restore(self, workdir, checkpoint)
-    self.prepare()
+    self._load_data()  # not prepare(): the run's init_from need not exist any more
     meta = restored.meta
     if list(self.info.image_shape) != list(meta["dataset_image_shape"]):
       raise ValueError(

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -225,6 +226,10 @@ def test_init_from_another_workdir_with_a_frozen_backbone(tmp_path, capsys):
     for a, b in zip(jax.tree.leaves(after[name]), jax.tree.leaves(trained[name])):
       np.testing.assert_array_equal(a, b)
   assert after["Dense_1"]["kernel"].shape == (32, 10)
+  # Evaluating the probe needs its own checkpoint only, not the workdir it started from.
+  shutil.rmtree(tmp_path / "base")
+  ev = classification.ClassificationTask(probe).evaluate(tmp_path / "probe")["eval"]
+  assert ev["num_examples"] == 360 and ev["step"] == 4
 
 
 def test_init_from_a_missing_workdir_fails_before_training(tmp_path):
