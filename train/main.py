@@ -212,6 +212,12 @@ def parse_flags(argv: list[str]) -> list[str]:
       listing = f"(the list of configs, tasks, datasets and models failed: {_last_line(e)})"
     main_module = sys.modules["__main__"]
     main_module.__doc__ = (main_module.__doc__ or "") + "\n" + listing.replace("%", "%%")
+  overrides = [a.split("=", 1)[0] for a in argv[1:] if a.startswith(("--config.", "--noconfig."))]
+  if overrides and not any(a == "--config" or a.startswith("--config=") for a in argv[1:]):
+    sys.stderr.write(f"error: {overrides[0]} changes a field of --config, which is not given "
+                     f"(a workdir's config.json is used as it is); pass the run's "
+                     f"--config=<file> as well\n")
+    sys.exit(2)
   try:
     rest = FLAGS(argv)
     if FLAGS.config is not None:

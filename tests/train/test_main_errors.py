@@ -75,6 +75,9 @@ CONFIG = "--config=train/configs/digits_cnn.py"
     (["--mode=predict", "--top_k=0"], "error: flag --top_k=0: 0 is not a positive integer"),
     (["--mode=predict", "--top_k=-1"], "error: flag --top_k=-1: -1 is not a positive integer"),
     (["--workdr=x"], "error: Unknown command line flag 'workdr'. Did you mean: workdir ?"),
+    (["--mode=evaluate", "--config.eval_flip_tta=true"],
+     "error: --config.eval_flip_tta changes a field of --config, which is not given (a "
+     "workdir's config.json is used as it is); pass the run's --config=<file> as well\n"),
 ])
 def test_flag_and_config_file_errors_are_one_line_before_tensorflow(tmp_path, args, message):
   workdir = tmp_path / "run"
