@@ -25,22 +25,14 @@ import sys
 
 import numpy as np
 
+from jaxvision.training import trainer
+
 # Config fields that may differ between runs of one recipe.
 FREE_FIELDS = ("seed", "classifier_workdir", "classifier_checkpoint", "disable_progress_bar",
                "data_dir")
 # Quality metrics reported per evaluation (those a run's evaluations hold).
 METRICS = ("classifier_score", "frechet_classifier_distance", "conditional_accuracy")
 _GOAL = re.compile(r"^\s*([a-z_]+)\s*(>=|<=)\s*([-+0-9.eE]+)\s*$")
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(_flatten(value, f"{prefix}{key}."))
-    else:
-      out[prefix + key] = value
-  return out
 
 
 def load_run(workdir) -> dict:
@@ -53,7 +45,7 @@ def load_run(workdir) -> dict:
   if not results_file.is_file():
     raise FileNotFoundError(f"{workdir} is not a finished run: expected {results_file}")
   results = json.loads(results_file.read_text())
-  config = _flatten(results["config"])
+  config = trainer.flatten_config(results["config"])
   if config.get("task") != "gan":
     raise ValueError(f"{workdir} is a {config.get('task')!r} run; expected a GAN run "
                      f"(config.task 'gan')")

@@ -266,11 +266,12 @@ def save_config(config: ml_collections.ConfigDict, workdir) -> None:
   tmp.replace(path)
 
 
-def _flatten(tree, prefix: str = "") -> dict:
+def flatten_config(tree, prefix: str = "") -> dict:
+  """A nested mapping (a config's ``to_dict()``) as ``{'optimizer.learning_rate': value}``."""
   out = {}
   for key, value in tree.items():
     if isinstance(value, Mapping):
-      out.update(_flatten(value, f"{prefix}{key}."))
+      out.update(flatten_config(value, f"{prefix}{key}."))
     else:
       out[prefix + key] = value
   return out
@@ -284,7 +285,7 @@ def config_changes(workdir, config: ml_collections.ConfigDict, limit: int = 4) -
     stored = json.loads((pathlib.Path(workdir) / CONFIG_FILE).read_text())
   except (OSError, ValueError):
     return ""
-  old, new = _flatten(stored), _flatten(json.loads(json.dumps(config.to_dict())))
+  old, new = flatten_config(stored), flatten_config(json.loads(json.dumps(config.to_dict())))
   unset = "<unset>"
   keys = sorted(k for k in old.keys() | new.keys() if old.get(k, unset) != new.get(k, unset))
   named = [f"{k} ({old.get(k, unset)!r} -> {new.get(k, unset)!r})" for k in keys[:limit]]
