@@ -7,7 +7,7 @@ fine-tuning config). One process, same data; JAX compile time apart; warm-up cal
 ``--repeats`` interleaved rounds, JAX results blocked until ready, TF's read back with
 ``.numpy()``; medians.
 
-  python -m benchmarks.depthwise --repeats 10 \
+  python -m benchmarks.depthwise --repeats 10 \\
       --out benchmarks/results/<machine>_<date>_depthwise.json
 """
 

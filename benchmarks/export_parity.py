@@ -1,7 +1,7 @@
 """Export parity and file sizes: every format of ``jaxvision.export`` against the JAX model.
 
     python -m benchmarks.export_parity --out benchmarks/results/<machine>_<date>_export-parity.json
-    python -m benchmarks.export_parity --models=bccd_fcos,bccd_faster_rcnn \
+    python -m benchmarks.export_parity --models=bccd_fcos,bccd_faster_rcnn \\
         --workdirs=bccd_fcos=runs/bccd_fcos,bccd_faster_rcnn=runs/bccd_frcnn
 
 For SimpleCNN (MNIST), ResNet-18 (CIFAR stem), the row-LSTM (MNIST) and the plain DCGAN

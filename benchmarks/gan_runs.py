@@ -1,6 +1,6 @@
 """Reproducibility of a GAN recipe: one row per run and the mean and range over the runs.
 
-  python -m benchmarks.gan_runs runs/dcgan_s0 runs/dcgan_s1 runs/dcgan_s2 \
+  python -m benchmarks.gan_runs runs/dcgan_s0 runs/dcgan_s1 runs/dcgan_s2 \\
       --goal "classifier_score>=9.3" --out benchmarks/results/<machine>_<date>_gan-runs.json
 
 Each argument is a finished GAN workdir (``results.json`` and ``metrics.jsonl`` of

@@ -1,10 +1,10 @@
 """Linear probe on frozen embeddings: multinomial logistic regression on two embedding stores.
 
-  python -m jaxvision.apps.search embed --model EfficientNetLite0 \
-      --pp "resize(160)|value_range(-0.9921875, 1)" --dataset cifar10 --split train \
+  python -m jaxvision.apps.search embed --model EfficientNetLite0 \\
+      --pp "resize(160)|value_range(-0.9921875, 1)" --dataset cifar10 --split train \\
       --out stores/c10-train-160
   python -m jaxvision.apps.search embed ... --split test --out stores/c10-test-160
-  python -m benchmarks.linear_probe --train stores/c10-train-160 --test stores/c10-test-160 \
+  python -m benchmarks.linear_probe --train stores/c10-train-160 --test stores/c10-test-160 \\
       --out benchmarks/results/<machine>_<date>_linear-probe.json
 
 The protocol of linear-probe evaluations (Kornblith et al. 2019, CLIP): the backbone runs once

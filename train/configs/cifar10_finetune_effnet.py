@@ -11,12 +11,12 @@ test accuracy 0.9118 after the default 3 epochs, 0.9151 after ``:hires``, 0.9150
 gives 0.8174).
 
   python -m train.main --config=train/configs/cifar10_finetune_effnet.py --workdir=runs/effnet_ft
-  python -m train.main --config=train/configs/cifar10_finetune_effnet.py:hires \
+  python -m train.main --config=train/configs/cifar10_finetune_effnet.py:hires \\
       --workdir=runs/effnet_ft160 --config.init_from=runs/effnet_ft
-  python -m train.main --config=train/configs/cifar10_finetune_effnet.py:hires \
-      --workdir=runs/effnet_ft160b --config.init_from=runs/effnet_ft160 \
+  python -m train.main --config=train/configs/cifar10_finetune_effnet.py:hires \\
+      --workdir=runs/effnet_ft160b --config.init_from=runs/effnet_ft160 \\
       --config.optimizer.learning_rate=1.5e-4
-  python -m train.main --config=train/configs/cifar10_finetune_effnet.py:probe \
+  python -m train.main --config=train/configs/cifar10_finetune_effnet.py:probe \\
       --workdir=runs/effnet_probe
 """
 
