@@ -13,6 +13,11 @@ at every evaluation, training and clustering seconds) and, for each metric of th
 evaluation, the mean, minimum and maximum over the runs. ``--goal NAME>=X`` (or ``<=``)
 reports whether every run meets it (not only the mean); the exit status is 1 when one does
 not. ``--out`` writes the same figures as JSON.
+
+Re-evaluations found in a workdir (``eval_<classifier>.json`` of ``--mode=evaluate``: one
+generator checkpoint scored by another classifier) are listed below the table, with the
+classifier-only spread: for each run and checkpoint step scored by two or more classifiers,
+the largest minus the smallest value of each metric.
 """
 
 from __future__ import annotations
@@ -38,8 +43,9 @@ _GOAL = re.compile(r"^\s*([a-z_]+)\s*(>=|<=)\s*([-+0-9.eE]+)\s*$")
 def load_run(workdir) -> dict:
   """One finished run: ``workdir``, ``config`` (flat), ``seed``, ``classifier``, ``steps``,
   ``train_seconds``, ``cluster_seconds``, ``evals`` (``{step: {metric: value}}`` from
-  ``metrics.jsonl``, the last record of a step when a resumed run rewrote it) and ``final``
-  (``results.json``'s evaluation)."""
+  ``metrics.jsonl``, the last record of a step when a resumed run rewrote it), ``final``
+  (``results.json``'s evaluation) and ``reevals`` (one ``{'classifier', 'step', metric:
+  value}`` per ``eval_*.json`` file, sorted by step and classifier)."""
   workdir = pathlib.Path(workdir)
   results_file = workdir / "results.json"
   if not results_file.is_file():
@@ -60,12 +66,22 @@ def load_run(workdir) -> dict:
   if "classifier_score" not in final:
     raise ValueError(f"{workdir} was trained without config.classifier_workdir: no quality "
                      f"metrics to compare")
+  reevals = []
+  for path in sorted(workdir.glob("eval_*.json")):
+    record = json.loads(path.read_text())
+    if "checkpoint_step" not in record:  # a classifier's eval_<split>.json, not a GAN's
+      continue
+    ev = record["eval"]
+    reevals.append({"classifier": ev.get("classifier_workdir", path.stem[len("eval_"):]),
+                    "step": record["checkpoint_step"],
+                    **{k: ev[k] for k in METRICS if k in ev}})
   return {"workdir": str(workdir), "config": config, "seed": config.get("seed"),
           "classifier": config.get("classifier_workdir"), "steps": results["steps"],
           "train_seconds": results["train_seconds"],
           "cluster_seconds": results.get("cluster_seconds", 0.0),
           "evals": dict(sorted(evals.items())),
-          "final": {k: final[k] for k in METRICS if k in final}}
+          "final": {k: final[k] for k in METRICS if k in final},
+          "reevals": sorted(reevals, key=lambda r: (r["step"], str(r["classifier"])))}
 
 
 def check_same_recipe(runs: list[dict]) -> None:
@@ -89,6 +105,17 @@ def spread(runs: list[dict]) -> dict:
       out[name] = {"values": values, "mean": float(np.mean(values)),
                    "min": float(np.min(values)), "max": float(np.max(values))}
   return out
+
+
+def classifier_spread(run: dict) -> dict:
+  """``{step: {metric: max - min}}`` over the classifiers that scored one checkpoint of ``run``
+  (steps with two or more re-evaluations only)."""
+  by_step = {}
+  for r in run["reevals"]:
+    by_step.setdefault(r["step"], []).append(r)
+  return {step: {m: float(max(r[m] for r in rs) - min(r[m] for r in rs))
+                 for m in METRICS if all(m in r for r in rs)}
+          for step, rs in sorted(by_step.items()) if len(rs) > 1}
 
 
 def parse_goal(text: str) -> tuple[str, str, float]:
@@ -129,6 +156,19 @@ def markdown(runs: list[dict], stats: dict) -> str:
   for name in shown:
     s = stats[name]
     lines.append(f"| {name} | {s['mean']:.4f} | {s['min']:.4f} | {s['max']:.4f} |")
+  if any(run["reevals"] for run in runs):
+    lines += ["", "Re-evaluations (one checkpoint, the classifier of each row):", "",
+              "| run | step | classifier | " + " | ".join(shown) + " |",
+              "|" + "---|" * (3 + len(shown))]
+    for run in runs:
+      for r in run["reevals"]:
+        lines.append("| " + " | ".join([
+            pathlib.Path(run["workdir"]).name, str(r["step"]),
+            pathlib.Path(str(r["classifier"])).name,
+            *(f"{r[m]:.4f}" if m in r else "" for m in shown)]) + " |")
+      for step, widths in classifier_spread(run).items():
+        lines.append(f"\nclassifier-only spread of {pathlib.Path(run['workdir']).name} at "
+                     f"step {step}: " + ", ".join(f"{m} {w:.4f}" for m, w in widths.items()))
   return "\n".join(lines)
 
 
@@ -154,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ngoal {name} {op} {value:g}: met by {sum(met)} of {len(met)} runs"
           + ("" if all(met) else " (NOT by every run)"))
   if args.out:
-    record = {"runs": [{k: v for k, v in run.items() if k != "config"} for run in runs],
+    record = {"runs": [{k: v for k, v in run.items() if k != "config"}
+                       | {"classifier_spread": classifier_spread(run)} for run in runs],
               "spread": stats, "goal": args.goal, "goal_met": met}
     pathlib.Path(args.out).write_text(json.dumps(record, indent=2))
   return 0 if met is None or all(met) else 1

@@ -72,3 +72,32 @@ def test_runs_of_different_recipes_or_unfinished_runs_are_refused(tmp_path, caps
   assert "is not a finished run: expected" in capsys.readouterr().err
   with pytest.raises(ValueError, match="--goal must be NAME>=VALUE"):
     gan_runs.parse_goal("score>9")
+
+
+def test_classifier_only_spread_from_re_evaluations(tmp_path, capsys):
+  """``eval_<classifier>.json`` files of ``--mode=evaluate``: one checkpoint, two classifiers."""
+  a = _run(tmp_path / "a", 0, [9.0, 9.5], [8.0, 6.5], classifier="runs/cnn_a")
+  for name, score, fcd in (("cnn_a", 9.5, 6.5), ("cnn_b", 9.375, 6.75)):
+    (a / f"eval_{name}.json").write_text(json.dumps({
+        "checkpoint_step": 2000, "checkpoint": "latest",
+        "eval": {"step": 2000, "classifier_score": score, "frechet_classifier_distance": fcd,
+                 "classifier_workdir": f"/abs/runs/{name}"}}))
+  # A classifier's own evaluation file in the same folder is not a GAN re-evaluation.
+  (a / "eval_test.json").write_text(json.dumps({"accuracy": 0.99}))
+  b = _run(tmp_path / "b", 1, [9.25, 9.625], [7.0, 6.0])
+  run = gan_runs.load_run(a)
+  assert [r["classifier"] for r in run["reevals"]] == ["/abs/runs/cnn_a", "/abs/runs/cnn_b"]
+  assert gan_runs.classifier_spread(run) == {
+      2000: {"classifier_score": 0.125, "frechet_classifier_distance": 0.25}}
+  assert gan_runs.classifier_spread(gan_runs.load_run(b)) == {}
+
+  out = tmp_path / "spread.json"
+  assert gan_runs.main([str(a), str(b), "--out", str(out)]) == 0
+  printed = capsys.readouterr().out
+  assert "| a | 2000 | cnn_b | 9.3750 | 6.7500 |" in printed
+  assert ("classifier-only spread of a at step 2000: classifier_score 0.1250, "
+          "frechet_classifier_distance 0.2500") in printed
+  saved = json.loads(out.read_text())
+  assert saved["runs"][0]["classifier_spread"] == {
+      "2000": {"classifier_score": 0.125, "frechet_classifier_distance": 0.25}}
+  assert saved["runs"][1]["reevals"] == []
