@@ -62,11 +62,11 @@ def test_spread_table_and_goal(tmp_path, capsys):
 
 def test_runs_of_different_recipes_or_unfinished_runs_are_refused(tmp_path, capsys):
   a = _run(tmp_path / "a", 0, [9.4], [7.0])
-  b = _run(tmp_path / "b", 1, [9.4], [7.0], num_train_steps=12000)
+  b = _run(tmp_path / "b", 1, [9.4], [7.0], num_train_steps=8000)
   assert gan_runs.main([str(a), str(b)]) == 2
   err = capsys.readouterr().err
   assert err.startswith("error: the runs are not one recipe: config fields differ "
-                        "(num_train_steps: 8000, 12000)")
+                        "(num_train_steps: 12000, 8000)")
   assert err.count("\n") == 1
   assert gan_runs.main([str(a), str(tmp_path / "missing")]) == 2
   assert "is not a finished run: expected" in capsys.readouterr().err
