@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -282,6 +283,19 @@ def test_conditional_run_outputs_and_generate(tmp_path, classifier_dir):
   assert json.loads((tmp_path / again["file"]).read_text())["eval"] == ev
   with pytest.raises(ValueError, match="needs --config.classifier_workdir"):
     gan.GANTask(_config(conditional=True)).evaluate(tmp_path)
+  # Another seed would score other latents than the run's evaluations: refused, in one line
+  # that names the run's value, before anything is restored.
+  other = ml_collections.ConfigDict(config.to_dict())
+  other.seed = config.seed + 1
+  other.generator.base_features = config.generator.base_features * 2
+  with pytest.raises(ValueError) as err:
+    gan.GANTask(other).evaluate(tmp_path)
+  assert str(err.value) == (
+      f"--mode=evaluate samples with the run's own settings; pass "
+      f"--config.generator.base_features={config.generator.base_features} "
+      f"--config.seed={config.seed} (the run's values; found "
+      f"generator.base_features={2 * config.generator.base_features}, "
+      f"seed={config.seed + 1})")
 
   out = tmp_path / "generated"
   records = _generate(config, tmp_path, num=13, out=out, checkpoint="latest")

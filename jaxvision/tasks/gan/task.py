@@ -64,6 +64,9 @@ DISCRIMINATORS = {"Discriminator": gan_models.Discriminator,
                   "ProjectionDiscriminator": gan_models.ProjectionDiscriminator}
 CONDITIONAL_MODELS = ("ConditionalGenerator", "ProjectionDiscriminator")
 BEST_METRIC = "frechet_classifier_distance"  # lower is better
+# Config fields that decide which images an evaluation samples (latents, cluster draws,
+# standing BatchNorm statistics, the generator): --mode=evaluate must use the run's values.
+SAMPLE_FIELDS = ("seed", "num_eval_samples", "standing_stats_samples", "generator.")
 # Metrics that must stay finite; a NaN/inf in any stops the run before the next checkpoint.
 GUARDED_METRICS = ("d_loss", "g_loss")
 # Images from the data pipeline must lie in the generator's tanh range, up to round-off.
@@ -322,6 +325,24 @@ def _with_pool(state, pool: np.ndarray, mesh):
   return state.replace(pseudo_labels=jax.device_put(pool, sharding.replicated(mesh)))
 
 
+def _check_sample_fields(workdir, config) -> None:
+  """Raises ValueError when ``config`` differs from the run's stored config (``config.json``)
+  in a field of :data:`SAMPLE_FIELDS`: another seed would score other samples than the run's
+  own evaluations did, so two classifiers' figures would not be comparable with them."""
+  try:
+    stored = trainer.flatten_config(trainer.load_config(workdir).to_dict())
+  except (OSError, ValueError):
+    return  # no stored config (an older workdir): nothing to compare
+  given = trainer.flatten_config(json.loads(json.dumps(config.to_dict())))
+  differ = sorted(k for k in stored.keys() | given.keys()
+                  if k.startswith(SAMPLE_FIELDS) and stored.get(k) != given.get(k))
+  if differ:
+    raise ValueError(
+        "--mode=evaluate samples with the run's own settings; pass "
+        + " ".join(f"--config.{k}={stored.get(k)}" for k in differ)
+        + f" (the run's values; found {', '.join(f'{k}={given.get(k)}' for k in differ)})")
+
+
 def _check_image_range(batch):
   lo, hi = float(np.min(batch["image"])), float(np.max(batch["image"]))
   if lo < -1 - RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
@@ -555,8 +576,11 @@ class GANTask(Task):
 
     The evaluation's fixed latents (and cluster draws) are the training evaluations', so the
     run's own classifier reproduces the figures it logged at that step (not at a step where
-    the clusters were recomputed: the checkpoint holds the new ones). Writes
-    ``eval_<classifier folder name>.json`` into ``workdir``.
+    the clusters were recomputed: the checkpoint holds the new ones). The fields that decide
+    the samples (:data:`SAMPLE_FIELDS`: seed, sample counts, generator) must be the run's own
+    (its ``config.json``): a run trained with ``--config.seed=1`` is evaluated with it, else
+    a one-line ValueError names the values to pass. Writes ``eval_<classifier folder
+    name>.json`` into ``workdir``.
 
     Returns:
       That file's content: ``checkpoint_step``, ``checkpoint`` and ``eval`` (the metrics as in
@@ -565,6 +589,7 @@ class GANTask(Task):
     if not self.config.get("classifier_workdir"):
       raise ValueError("--mode=evaluate needs --config.classifier_workdir=<the workdir of a "
                        "finished classifier run>; found none")
+    _check_sample_fields(workdir, self.config)
     generator, variables, meta, step, mesh, pool = self.restore_generator(workdir, checkpoint)
     self.prepare()
     config = self.config
