@@ -166,8 +166,10 @@ def markdown(runs: list[dict], stats: dict) -> str:
             pathlib.Path(run["workdir"]).name, str(r["step"]),
             pathlib.Path(str(r["classifier"])).name,
             *(f"{r[m]:.4f}" if m in r else "" for m in shown)]) + " |")
+    lines.append("")
+    for run in runs:
       for step, widths in classifier_spread(run).items():
-        lines.append(f"\nclassifier-only spread of {pathlib.Path(run['workdir']).name} at "
+        lines.append(f"classifier-only spread of {pathlib.Path(run['workdir']).name} at "
                      f"step {step}: " + ", ".join(f"{m} {w:.4f}" for m, w in widths.items()))
   return "\n".join(lines)
 
