@@ -120,6 +120,6 @@ def get_config(variant: str = "self_conditioned") -> ml_collections.ConfigDict:
   c.self_condition.num_clusters = 50
   # 12000 steps (issue 21): at 8000 the score of two runs of this recipe was 9.18 and 9.50 and
   # the Frechet distance still falling; a cosine decay of both rates over 10000 steps was
-  # worse (9.14 and FCD 16.6 at step 8000: the networks stopped adapting to the reclusterings).
+  # worse (9.14 and FCD 16.6 at step 8000, below the constant rate from step 3000 on).
   c.num_train_steps = 12000
   return c
