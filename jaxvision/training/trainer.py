@@ -277,19 +277,27 @@ def flatten_config(tree, prefix: str = "") -> dict:
   return out
 
 
-def config_changes(workdir, config: ml_collections.ConfigDict, limit: int = 4) -> str:
-  """The fields where ``config`` differs from the workdir's ``config.json``, as
-  ``"a.b (old -> new), ..."`` (at most ``limit`` named, then a count); ``""`` when equal or
+def changed_fields(workdir, config: ml_collections.ConfigDict) -> dict:
+  """``{field: (stored, given)}`` for the flat fields where ``config`` differs from the
+  workdir's ``config.json`` (``'<unset>'`` for a field one side lacks); ``{}`` when equal or
   when the workdir has no readable ``config.json``."""
   try:
     stored = json.loads((pathlib.Path(workdir) / CONFIG_FILE).read_text())
   except (OSError, ValueError):
-    return ""
+    return {}
   old, new = flatten_config(stored), flatten_config(json.loads(json.dumps(config.to_dict())))
   unset = "<unset>"
-  keys = sorted(k for k in old.keys() | new.keys() if old.get(k, unset) != new.get(k, unset))
-  named = [f"{k} ({old.get(k, unset)!r} -> {new.get(k, unset)!r})" for k in keys[:limit]]
-  more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+  return {k: (old.get(k, unset), new.get(k, unset)) for k in sorted(old.keys() | new.keys())
+          if old.get(k, unset) != new.get(k, unset)}
+
+
+def config_changes(workdir, config: ml_collections.ConfigDict, limit: int = 4) -> str:
+  """The fields where ``config`` differs from the workdir's ``config.json``, as
+  ``"a.b (old -> new), ..."`` (at most ``limit`` named, then a count); ``""`` when equal or
+  when the workdir has no readable ``config.json``."""
+  changed = changed_fields(workdir, config)
+  named = [f"{k} ({old!r} -> {new!r})" for k, (old, new) in list(changed.items())[:limit]]
+  more = f" and {len(changed) - limit} more" if len(changed) > limit else ""
   return ", ".join(named) + more
 
 

@@ -326,21 +326,16 @@ def _with_pool(state, pool: np.ndarray, mesh):
 
 
 def _check_sample_fields(workdir, config) -> None:
-  """Raises ValueError when ``config`` differs from the run's stored config (``config.json``)
-  in a field of :data:`SAMPLE_FIELDS`: another seed would score other samples than the run's
-  own evaluations did, so two classifiers' figures would not be comparable with them."""
-  try:
-    stored = trainer.flatten_config(trainer.load_config(workdir).to_dict())
-  except (OSError, ValueError):
-    return  # no stored config (an older workdir): nothing to compare
-  given = trainer.flatten_config(json.loads(json.dumps(config.to_dict())))
-  differ = sorted(k for k in stored.keys() | given.keys()
-                  if k.startswith(SAMPLE_FIELDS) and stored.get(k) != given.get(k))
+  """Raises ValueError when ``config`` differs from the run's ``config.json`` in a field of
+  :data:`SAMPLE_FIELDS`: another seed would score other samples than the run's own
+  evaluations did, so two classifiers' figures would not be comparable with them."""
+  differ = {k: v for k, v in trainer.changed_fields(workdir, config).items()
+            if k.startswith(SAMPLE_FIELDS)}
   if differ:
     raise ValueError(
         "--mode=evaluate samples with the run's own settings; pass "
-        + " ".join(f"--config.{k}={stored.get(k)}" for k in differ)
-        + f" (the run's values; found {', '.join(f'{k}={given.get(k)}' for k in differ)})")
+        + " ".join(f"--config.{k}={old}" for k, (old, _) in differ.items())
+        + f" (the run's values; found {', '.join(f'{k}={new}' for k, (_, new) in differ.items())})")
 
 
 def _check_image_range(batch):
