@@ -4,9 +4,12 @@
       --goal "classifier_score>=9.3" --out benchmarks/results/<machine>_<date>_gan-runs.json
 
 Each argument is a finished GAN workdir (``results.json`` and ``metrics.jsonl`` of
-``python -m train.main --config=train/configs/mnist_dcgan.py ...``). The runs must share their
-config except for the fields in :data:`FREE_FIELDS` (seed, classifier, progress bar): an error
-names any other field that differs, so the spread is one recipe's and not a mix of recipes.
+``python -m train.main --config=train/configs/mnist_dcgan.py ...``) or the ``--out`` file of an
+earlier ``gan_runs`` (its runs are added, so runs made on different days or machines, whose
+workdirs are gone, still go into one table). The runs must share their config except for the
+fields in :data:`FREE_FIELDS` (seed, classifier, progress bar): an error names any other field
+that differs, so the spread is one recipe's and not a mix of recipes. ``--out`` keeps each
+run's config; a run read from an older file without it is listed as not checked.
 
 Printed: a Markdown table with one row per run (seed, classifier workdir, the quality metrics
 at every evaluation, training and clustering seconds) and, for each metric of the final
@@ -37,6 +40,9 @@ FREE_FIELDS = ("seed", "classifier_workdir", "classifier_checkpoint", "disable_p
                "data_dir")
 # Quality metrics reported per evaluation (those a run's evaluations hold).
 METRICS = ("classifier_score", "frechet_classifier_distance", "conditional_accuracy")
+# What a run of an earlier --out file must hold (its config may be absent: older files).
+_RECORDED_KEYS = ("workdir", "seed", "classifier", "steps", "train_seconds", "evals", "final",
+                  "reevals")
 _GOAL = re.compile(r"^\s*([a-z_]+)\s*(>=|<=)\s*([-+0-9.eE]+)\s*$")
 
 
@@ -84,16 +90,50 @@ def load_run(workdir) -> dict:
           "reevals": sorted(reevals, key=lambda r: (r["step"], str(r["classifier"])))}
 
 
-def check_same_recipe(runs: list[dict]) -> None:
-  """Raises ValueError naming the config fields (other than :data:`FREE_FIELDS`) that differ."""
-  first = runs[0]["config"]
-  differ = sorted({key for run in runs[1:] for key in set(first) | set(run["config"])
+def load_recorded(path) -> list[dict]:
+  """The runs of an earlier ``--out`` file, as :func:`load_run` gives them (``config`` is None
+  where the file predates storing it)."""
+  record = json.loads(pathlib.Path(path).read_text())
+  if not isinstance(record, dict) or not isinstance(record.get("runs"), list):
+    raise ValueError(f"{path} is not a gan_runs --out file: expected a JSON object with 'runs'")
+  runs = []
+  for run in record["runs"]:
+    missing = [k for k in _RECORDED_KEYS if k not in run]
+    if missing:
+      raise ValueError(f"{path}: a run lacks {', '.join(missing)}; expected the keys of "
+                       f"a gan_runs --out file ({', '.join(_RECORDED_KEYS)})")
+    run = {k: v for k, v in run.items() if k != "classifier_spread"}
+    run["evals"] = {int(step): ev for step, ev in run["evals"].items()}
+    run["config"] = run.get("config")
+    runs.append(run)
+  return runs
+
+
+def load_runs(sources: list[str]) -> list[dict]:
+  """Runs of each source: a workdir (one run) or an earlier ``--out`` JSON file (its runs)."""
+  runs = []
+  for source in sources:
+    is_file = pathlib.Path(source).is_file() and source.endswith(".json")
+    runs.extend(load_recorded(source) if is_file else [load_run(source)])
+  return runs
+
+
+def check_same_recipe(runs: list[dict]) -> list[str]:
+  """Raises ValueError naming the config fields (other than :data:`FREE_FIELDS`) that differ.
+  Returns the workdirs of runs without a recorded config, which could not be checked."""
+  checked = [run for run in runs if run["config"] is not None]
+  unchecked = [run["workdir"] for run in runs if run["config"] is None]
+  if not checked:
+    return unchecked
+  first = checked[0]["config"]
+  differ = sorted({key for run in checked[1:] for key in set(first) | set(run["config"])
                    if key.split(".")[0] not in FREE_FIELDS
                    and first.get(key) != run["config"].get(key)})
   if differ:
-    values = "; ".join(f"{k}: " + ", ".join(repr(r["config"].get(k)) for r in runs)
+    values = "; ".join(f"{k}: " + ", ".join(repr(r["config"].get(k)) for r in checked)
                        for k in differ)
     raise ValueError(f"the runs are not one recipe: config fields differ ({values})")
+  return unchecked
 
 
 def spread(runs: list[dict]) -> dict:
@@ -177,27 +217,29 @@ def markdown(runs: list[dict], stats: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m benchmarks.gan_runs",
                                    description=__doc__.split("\n")[0])
-  parser.add_argument("workdirs", nargs="+", help="finished GAN workdirs of one recipe")
+  parser.add_argument("workdirs", nargs="+",
+                      help="finished GAN workdirs of one recipe, or earlier --out files")
   parser.add_argument("--goal", help="e.g. 'classifier_score>=9.3': must every run meet it")
   parser.add_argument("--out", help="write the figures as JSON here")
   args = parser.parse_args(argv)
   try:
     goal = parse_goal(args.goal) if args.goal else None
-    runs = [load_run(w) for w in args.workdirs]
-    check_same_recipe(runs)
+    runs = load_runs(args.workdirs)
+    unchecked = check_same_recipe(runs)
     stats = spread(runs)
     met = goal_met(stats, goal) if goal else None
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(markdown(runs, stats))
+  if unchecked:
+    print(f"\nrecipe not checked for {', '.join(unchecked)}: recorded without its config")
   if goal:
     name, op, value = goal
     print(f"\ngoal {name} {op} {value:g}: met by {sum(met)} of {len(met)} runs"
           + ("" if all(met) else " (NOT by every run)"))
   if args.out:
-    record = {"runs": [{k: v for k, v in run.items() if k != "config"}
-                       | {"classifier_spread": classifier_spread(run)} for run in runs],
+    record = {"runs": [run | {"classifier_spread": classifier_spread(run)} for run in runs],
               "spread": stats, "goal": args.goal, "goal_met": met}
     pathlib.Path(args.out).write_text(json.dumps(record, indent=2))
   return 0 if met is None or all(met) else 1

@@ -101,3 +101,56 @@ def test_classifier_only_spread_from_re_evaluations(tmp_path, capsys):
   assert saved["runs"][0]["classifier_spread"] == {
       "2000": {"classifier_score": 0.125, "frechet_classifier_distance": 0.25}}
   assert saved["runs"][1]["reevals"] == []
+
+
+def test_earlier_out_file_adds_its_runs(tmp_path, capsys):
+  """Runs whose workdirs are gone come from an earlier ``--out`` file, recipe check included."""
+  a = _run(tmp_path / "a", 0, [8.5, 9.25], [12.0, 7.0])
+  b = _run(tmp_path / "b", 1, [8.75, 9.5], [11.0, 6.5], classifier="runs/cnn_b")
+  c = _run(tmp_path / "c", 2, [9.0, 9.75], [10.0, 6.0])
+  (a / "eval_cnn_b.json").write_text(json.dumps({
+      "checkpoint_step": 2000, "eval": {"classifier_score": 9.375,
+                                        "frechet_classifier_distance": 7.5,
+                                        "classifier_workdir": "runs/cnn_b"}}))
+  (a / "eval_cnn_a.json").write_text(json.dumps({
+      "checkpoint_step": 2000, "eval": {"classifier_score": 9.25,
+                                        "frechet_classifier_distance": 7.0,
+                                        "classifier_workdir": "runs/cnn_a"}}))
+  all_three = tmp_path / "all.json"
+  assert gan_runs.main([str(a), str(b), str(c), "--out", str(all_three)]) == 0
+  direct = capsys.readouterr().out
+  first_two = tmp_path / "ab.json"
+  assert gan_runs.main([str(a), str(b), "--out", str(first_two)]) == 0
+  capsys.readouterr()
+  merged = tmp_path / "merged.json"
+  assert gan_runs.main([str(first_two), str(c), "--out", str(merged)]) == 0
+  assert capsys.readouterr().out == direct
+  assert json.loads(merged.read_text()) == json.loads(all_three.read_text())
+  assert json.loads(merged.read_text())["runs"][0]["classifier_spread"] == {
+      "2000": {"classifier_score": 0.125, "frechet_classifier_distance": 0.5}}
+
+  # A recorded run of another recipe is refused like a workdir.
+  d = _run(tmp_path / "d", 3, [9.5], [6.0], num_train_steps=8000)
+  assert gan_runs.main([str(first_two), str(d)]) == 2
+  assert "config fields differ (num_train_steps: 12000, 12000, 8000)" in capsys.readouterr().err
+
+  # An older file without configs: its runs are counted and named as not checked.
+  old = json.loads(first_two.read_text())
+  for run in old["runs"]:
+    del run["config"]
+  old_file = tmp_path / "old.json"
+  old_file.write_text(json.dumps(old))
+  assert gan_runs.main([str(old_file), str(c), "--goal", "classifier_score>=9.3"]) == 1
+  printed = capsys.readouterr().out
+  assert "| classifier_score | 9.5000 | 9.2500 | 9.7500 |" in printed
+  assert f"recipe not checked for {a}, {b}: recorded without its config" in printed
+
+  not_runs = tmp_path / "other.json"
+  not_runs.write_text(json.dumps({"accuracy": 0.99}))
+  assert gan_runs.main([str(not_runs)]) == 2
+  assert "is not a gan_runs --out file: expected a JSON object with 'runs'" in (
+      capsys.readouterr().err)
+  del old["runs"][0]["evals"]
+  old_file.write_text(json.dumps(old))
+  assert gan_runs.main([str(old_file)]) == 2
+  assert f"{old_file}: a run lacks evals; expected the keys" in capsys.readouterr().err
