@@ -9,7 +9,7 @@ Two variants (``--config=train/configs/mnist_dcgan.py:<variant>``):
   et al. 2020; ``train/gan.py``). The dataset's labels are never used: the model is
   unconditional to its users, who get samples whose cluster is drawn from the training set's
   cluster sizes. Trained for 12000 steps (the other GAN configs: 8000); its classifier score,
-  measured over several seeds and two classifiers, is in docs/RESULTS.md ("GANs"), where the
+  measured over three seeds and four classifiers, is in docs/RESULTS.md ("GANs"), where the
   plain recipe reaches 7.62 at step 8000 and 8.13 at 24000: without clusters about a third of
   its samples fall between digit classes.
 * ``plain``: the unconditional DCGAN pair (the benchmark's model, ``benchmarks/gan.py``).
