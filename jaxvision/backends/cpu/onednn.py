@@ -41,6 +41,7 @@ import threading
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 ENV_SWITCH = "JAXVISION_ONEDNN"
 CACHE_ENV = "JAXVISION_CACHE_DIR"
@@ -227,8 +228,32 @@ def backward_data(dy: jax.Array, w: jax.Array, in_size, strides, padding) -> jax
                padding)
 
 
+def _strided_1x1_hazard(c_in: int, window, strides) -> bool:
+  """Whether oneDNN 3.2's own kernel gradient is wrong for this geometry.
+
+  Its 1x1 kernel gradient (``jit_1x1``) first copies a strided NHWC image into a unit-stride
+  workspace, and with fewer input channels than its channel block (8 with AVX2, 16 with
+  AVX-512) it writes past that workspace: the gradient is wrong (seen here on AVX2 with 1, 3 and
+  5 channels) and the heap may be overwritten (oneDNN issue 6035, open). Any channel count that
+  is not a multiple of 16 counts as a hazard, which keeps the usual widths on oneDNN's path.
+  """
+  return tuple(window) == (1, 1) and any(s > 1 for s in strides) and c_in % 16 != 0
+
+
 def backward_weights(x: jax.Array, dy: jax.Array, window, strides, padding) -> jax.Array:
-  """Kernel gradient ``[*window, C_in, C_out]`` of :func:`forward` from ``x`` and ``dy``."""
+  """Kernel gradient ``[*window, C_in, C_out]`` of :func:`forward` from ``x`` and ``dy``.
+
+  A strided 1x1 kernel reads only every ``s``-th pixel of the padded image, so where oneDNN's
+  own strided 1x1 path is unsafe (:func:`_strided_1x1_hazard`) those pixels are gathered here
+  and the gradient taken at unit stride: the same products and sums.
+  """
   _check(x.shape, (*window, x.shape[3], dy.shape[3]), "backward_weights")
+  if _strided_1x1_hazard(x.shape[3], window, strides):
+    x = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), *((lo, hi, 0) for lo, hi in padding),
+                                            (0, 0, 0)))
+    x = lax.slice(x, (0, 0, 0, 0), (x.shape[0], (dy.shape[1] - 1) * strides[0] + 1,
+                                    (dy.shape[2] - 1) * strides[1] + 1, x.shape[3]),
+                  (1, *strides, 1))
+    strides, padding = (1, 1), ((0, 0), (0, 0))
   return _call("backward_weights", (*window, x.shape[3], dy.shape[3]), (x, dy), strides,
                padding)

@@ -86,7 +86,12 @@ def _np_grads(x, w, dy, strides, padding):
 CASES = [  # (x shape, kernel, strides, padding)
     ((2, 9, 7, 3), (3, 3), (1, 1), ((1, 1), (1, 1))),
     ((3, 10, 11, 4), (3, 3), (2, 2), ((0, 1), (1, 1))),
+    # Strided 1x1 kernels with fewer channels than oneDNN's block take the gathered path
+    # (oneDNN 3.2's own kernel gradient is wrong there on AVX2); 16 channels take oneDNN's.
     ((2, 8, 8, 5), (1, 1), (2, 2), ((0, 0), (0, 0))),
+    ((2, 9, 8, 3), (1, 1), (2, 2), ((1, 0), (0, 1))),
+    ((1, 7, 9, 1), (1, 1), (3, 2), ((0, 0), (0, 0))),
+    ((2, 8, 8, 16), (1, 1), (2, 2), ((0, 0), (0, 0))),
     ((2, 15, 13, 3), (7, 7), (2, 2), ((3, 2), (3, 3))),
     ((1, 6, 7, 2), (4, 2), (2, 1), ((1, 2), (0, 1))),
     ((2, 5, 5, 16), (3, 3), (3, 3), ((0, 0), (0, 0))),  # stride drops the last rows
