@@ -56,34 +56,3 @@ def bccd_dir():
 @pytest.fixture
 def tiny_coco_dir():
   return require_data("tiny-coco/small_coco")
-
-
-def _shared_fixture_scope(item) -> str | None:
-  """Where the first module- or session-scoped fixture of ours that ``item`` uses is defined (a
-  module's or a folder's node id), or None."""
-  info = getattr(item, "_fixtureinfo", None)
-  for name in sorted(info.name2fixturedefs if info else ()):
-    fixturedef = info.name2fixturedefs[name][-1]
-    if fixturedef.scope in ("module", "package", "session") and fixturedef.baseid:
-      return fixturedef.baseid  # "" for pytest's own (tmp_path_factory, ...)
-  return None
-
-
-def pytest_collection_modifyitems(config, items):
-  """Scheduling for ``pytest -n 2 --dist loadgroup`` (``make test``); nothing without xdist.
-
-  * A test that uses a module- or session-scoped fixture of ours (a trained workdir, exported
-    models) joins the xdist group of the module or folder that defines it, so that fixture is
-    built once rather than once per worker.
-  * Modules with a test marked ``slow`` come first (stable order otherwise): xdist hands out the
-    groups first, largest first, then the single tests in this order, so the long tests start
-    early and the short ones fill the end.
-  """
-  if not config.pluginmanager.hasplugin("xdist"):
-    return
-  for item in items:
-    scope = _shared_fixture_scope(item)
-    if scope is not None and item.get_closest_marker("xdist_group") is None:
-      item.add_marker(pytest.mark.xdist_group(scope))
-  slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
-  items.sort(key=lambda item: item.module.__name__ not in slow_modules)

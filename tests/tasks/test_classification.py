@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from jaxvision import data
-from jaxvision.data import pipeline
+from jaxvision.data import datasets, pipeline
 from jaxvision.tasks import classification
 from jaxvision.training import checkpoint as ckpt_lib, trainer
 from train.configs import digits_cnn
@@ -238,16 +238,17 @@ def test_init_from_a_missing_workdir_fails_before_training(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
-def test_checkpoint_of_another_dataset_is_refused_naming_both(tmp_path):
+def test_checkpoint_of_another_dataset_is_refused_naming_both(tmp_path, monkeypatch):
   """A workdir trained on one dataset, resumed with another of the same shapes and classes:
   an error naming both datasets, and the workdir (checkpoints, config.json) is kept."""
-  if "digits_relabelled" not in data.registered_datasets():
+  # Registered in a copy of the registry, so later tests in this process do not see it.
+  monkeypatch.setattr(datasets, "_REGISTRY", dict(datasets._REGISTRY))
 
-    @data.register_dataset("digits_relabelled", takes_data_dir=False)
-    def _resolve(name, data_dir):  # the digits under another name: same shapes and classes
-      del data_dir
-      builder, info = data.get_dataset("digits")
-      return builder, dataclasses.replace(info, name=name)
+  @data.register_dataset("digits_relabelled", takes_data_dir=False)
+  def _resolve(name, data_dir):  # the digits under another name: same shapes and classes
+    del data_dir
+    builder, info = data.get_dataset("digits")
+    return builder, dataclasses.replace(info, name=name)
 
   _train(_config(num_train_steps=4, eval_every_steps=4), tmp_path)
   config_json = (tmp_path / "config.json").read_text()

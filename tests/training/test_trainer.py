@@ -23,6 +23,14 @@ from jaxvision.training import optim, state as state_lib, trainer
 from jaxvision.training.task import Task
 
 W_TRUE = np.array([1.5, -2.0, 0.5, 3.0], np.float32)
+
+
+@pytest.fixture(autouse=True)
+def _scratch_task_registry(monkeypatch):
+  """Tasks registered by a test here are gone after it (other tests of this process list the
+  registered tasks)."""
+  monkeypatch.setattr(tasks, "_registered", dict(tasks._registered))
+
 B_TRUE = 0.25
 
 
@@ -103,7 +111,7 @@ class _Crash(RuntimeError):
   pass
 
 
-def test_a_new_task_trains_resumes_ranks_and_restores(tmp_path, monkeypatch):
+def test_a_new_task_trains_resumes_ranks_and_restores(tmp_path):
   tasks.register_task(ToyRegression)
   assert "toy_regression" in tasks.registered_tasks()
   full = trainer.train(tasks.create_task(_config()), tmp_path / "full")
@@ -121,10 +129,10 @@ def test_a_new_task_trains_resumes_ranks_and_restores(tmp_path, monkeypatch):
         raise _Crash("simulated crash before step 8")
       yield batch
 
-  monkeypatch.setattr(ToyRegression, "train_batches", crashing)
-  with pytest.raises(_Crash):
-    trainer.train(tasks.create_task(_config()), tmp_path / "resumed")
-  monkeypatch.undo()
+  with pytest.MonkeyPatch.context() as patch:
+    patch.setattr(ToyRegression, "train_batches", crashing)
+    with pytest.raises(_Crash):
+      trainer.train(tasks.create_task(_config()), tmp_path / "resumed")
   resumed = trainer.train(tasks.create_task(_config()), tmp_path / "resumed")
   assert resumed["resumed_from_step"] == 6 and resumed["steps"] == 12
   assert resumed["eval"]["mse"] == full["eval"]["mse"]
