@@ -23,6 +23,7 @@ from jaxvision.training import optim, state as state_lib, trainer
 from jaxvision.training.task import Task
 
 W_TRUE = np.array([1.5, -2.0, 0.5, 3.0], np.float32)
+B_TRUE = 0.25
 
 
 @pytest.fixture(autouse=True)
@@ -30,8 +31,6 @@ def _scratch_task_registry(monkeypatch):
   """Tasks registered by a test here are gone after it (other tests of this process list the
   registered tasks)."""
   monkeypatch.setattr(tasks, "_registered", dict(tasks._registered))
-
-B_TRUE = 0.25
 
 
 def _examples(rng: np.random.Generator, n: int):
